@@ -36,11 +36,10 @@ def ema_filter_(slow: Tensor, grad: Tensor, alpha: float | Tensor) -> Tensor:
     """Update the Grokfast EMA in place: ``slow <- alpha * slow + (1 - alpha) * grad``.
 
     ``alpha`` may be a Python float or a 0-d tensor (a weight chosen on the device, for example
-    by the DALS phase). With ``alpha == 1`` the filter keeps its value exactly.
+    by the DALS phase). Computed as ``slow.lerp_(grad, 1 - alpha)``, one pass over memory; with
+    ``alpha == 1`` the filter keeps its value exactly.
     """
-    if isinstance(alpha, Tensor):
-        return slow.mul_(alpha).addcmul_(grad, 1 - alpha)
-    return slow.mul_(alpha).add_(grad, alpha=1 - alpha)
+    return slow.lerp_(grad, 1 - alpha)
 
 
 def phase_from_improvement(improvement: Tensor, explore_threshold: float, refine_threshold: float) -> Tensor:

@@ -59,8 +59,9 @@ def dals_phase_weights(variant: DALSVariant, grokfast_alpha: float, depth_ratio:
     and the blended gradient is ``raw_weight * g + slow_weight * slow``. The depth blend is
     ``raw_weight = 0.3 + 0.4 d`` and ``slow_weight = 0.7 - 0.4 d`` for depth ratio ``d``.
     """
+    # raw + slow = 1 for every depth, which lets the step compute the blend as one lerp.
     raw = 0.3 + 0.4 * depth_ratio
-    slow = 0.7 - 0.4 * depth_ratio
+    slow = 1.0 - raw
     explore_alpha = max(variant.explore_floor, grokfast_alpha - variant.explore_offset)
     refine_alpha = min(_REFINE_CAP, grokfast_alpha + _REFINE_OFFSET)
     if variant.raw_gradient_in_explore:
@@ -135,6 +136,11 @@ class DALS(Optimizer):
         phase_thresholds: ``(explore, refine)`` improvement thresholds with
             ``explore >= refine``. ``None`` takes the variant's default.
         loss_ema_decay: decay of the loss EMA used for phase detection, in [0, 1).
+        foreach: use the multi-tensor (``torch._foreach_*``) implementation, which groups the
+            tensors of a parameter group by device and dtype and computes all their norms and
+            trust ratios at once. ``None`` (the default) uses it unless a parameter is sparse or
+            a DTensor; ``False`` runs the per-tensor reference implementation. Both give the same
+            result up to float rounding.
 
     State: ``momentum_buffer`` and ``slow_grad`` per parameter, each the size of the parameter
     (twice the parameter memory in all), created at the first step in which the parameter has a
@@ -154,6 +160,7 @@ class DALS(Optimizer):
         variant: str = "dals",
         phase_thresholds: tuple[float, float] | None = None,
         loss_ema_decay: float = 0.95,
+        foreach: bool | None = None,
     ) -> None:
         if variant not in DALS_VARIANTS:
             raise ValueError(f"invalid variant: {variant!r} (expected one of {sorted(DALS_VARIANTS)})")
@@ -192,6 +199,7 @@ class DALS(Optimizer):
             trust_clip=trust_clip,
             grokfast_alpha=grokfast_alpha,
             depth_ratio=0.5,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
         for group in self.param_groups:
@@ -316,7 +324,8 @@ class DALS(Optimizer):
 
             device = params[0].device
             weights = self._weight_table(group, device)[phase.to(device)]
-            _single_tensor_dals(
+            update = _multi_tensor_dals if _use_foreach(group["foreach"], params) else _single_tensor_dals
+            update(
                 params,
                 grads,
                 momentum_buffers,
@@ -344,12 +353,15 @@ def _single_tensor_dals(
     trust_coefficient: float,
     trust_clip: tuple[float, float] | None,
 ) -> None:
-    """Apply the DALS update tensor by tensor; ``weights`` contains (filter, raw, slow) weights."""
-    filter_weight, raw_weight, slow_weight = weights.unbind()
+    """Apply the DALS update tensor by tensor; ``weights`` contains (filter, raw, slow) weights.
+
+    The blend uses ``raw + slow = 1``: ``raw * g + slow * g_slow`` is ``lerp(g_slow, g, raw)``.
+    """
+    filter_weight, raw_weight, _ = weights.unbind()
     for param, grad, momentum_buffer, slow_grad in zip(params, grads, momentum_buffers, slow_grads):
-        filter_weight_p = filter_weight.to(grad.dtype)
-        ema_filter_(slow_grad, grad, filter_weight_p)
-        blended = torch.mul(grad, raw_weight.to(grad.dtype)).addcmul_(slow_grad, slow_weight.to(grad.dtype))
+        dtype = grad.dtype
+        ema_filter_(slow_grad, grad, filter_weight.to(dtype))
+        blended = torch.lerp(slow_grad, grad, raw_weight.to(dtype))
         if weight_decay != 0:
             blended.add_(param, alpha=weight_decay)
         ratio = trust_ratio(
@@ -360,3 +372,46 @@ def _single_tensor_dals(
         )
         momentum_buffer.mul_(momentum).add_(blended)
         param.addcmul_(momentum_buffer, ratio.to(param.dtype), value=-lr)
+
+
+def _use_foreach(requested: bool | None, params: list[Tensor]) -> bool:
+    if requested is not None:
+        return requested
+    from torch.distributed.tensor import DTensor
+
+    return not any(isinstance(p, DTensor) for p in params)
+
+
+def _multi_tensor_dals(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    slow_grads: list[Tensor],
+    *,
+    weights: Tensor,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    trust_coefficient: float,
+    trust_clip: tuple[float, float] | None,
+) -> None:
+    """Apply the DALS update with multi-tensor kernels, one call per device and dtype."""
+    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, momentum_buffers, slow_grads])
+    for (device_params, device_grads, device_momenta, device_slows), _ in grouped.values():
+        dtype_weights = weights.to(device=device_params[0].device, dtype=device_params[0].dtype)
+        filter_weight, raw_weight, _ = dtype_weights.unbind()
+
+        torch._foreach_lerp_(device_slows, device_grads, 1 - filter_weight)
+        blended = torch._foreach_lerp(device_slows, device_grads, raw_weight)
+        if weight_decay != 0:
+            torch._foreach_add_(blended, device_params, alpha=weight_decay)
+
+        ratios = trust_ratio(
+            torch.stack(torch._foreach_norm(device_params)),
+            torch.stack(torch._foreach_norm(blended)),
+            trust_coefficient,
+            trust_clip,
+        ).unbind()
+        torch._foreach_mul_(device_momenta, momentum)
+        torch._foreach_add_(device_momenta, blended)
+        torch._foreach_addcmul_(device_params, device_momenta, ratios, value=-lr)
