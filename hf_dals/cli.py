@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -70,6 +71,45 @@ def _command_demo(options: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid shard {text!r}; expected K/N, e.g. 0/2") from None
+    if not (count >= 1 and 0 <= index < count):
+        raise argparse.ArgumentTypeError(f"invalid shard {text!r}; expected 0 <= K < N")
+    return index, count
+
+
+def _command_benchmark(options: argparse.Namespace) -> int:
+    from .benchmark import run_benchmark
+
+    logging.getLogger("hf_dals.benchmark").setLevel(logging.INFO)
+    records = run_benchmark(
+        options.profile,
+        options.results,
+        data_root=options.data_root,
+        work_dir=options.work_dir,
+        tasks=options.tasks,
+        strategies=options.strategies,
+        seeds=options.seeds,
+        retry_failed=options.retry_failed,
+        shard=options.shard,
+    )
+    failed = sum(1 for r in records if r.get("status") != "ok")
+    print(f"{len(records)} runs finished ({failed} failed); results in {options.results}")
+    return 1 if failed else 0
+
+
+def _command_report(options: argparse.Namespace) -> int:
+    from .report import write_report
+
+    preamble = Path(options.preamble).read_text() if options.preamble else ""
+    path = write_report(options.results, options.output, figures_dir=options.figures, profile=options.profile, preamble=preamble)
+    print(f"report written to {path}")
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-dals",
@@ -102,6 +142,34 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--epochs", type=float, default=DEMO_EPOCHS, help=f"Training epochs (default: {DEMO_EPOCHS:g}).")
     demo.set_defaults(handler=_command_demo)
+
+    from .benchmark import PROFILES
+
+    benchmark = commands.add_parser(
+        "benchmark",
+        help="Run the strategies x tasks x seeds grid of a profile; results go to an append-only JSON Lines file.",
+    )
+    benchmark.add_argument("--profile", default="quick", choices=sorted(PROFILES), help="Grid and run sizes (default: quick).")
+    benchmark.add_argument("--results", default="outputs/benchmark.jsonl", help="Results file; finished runs in it are skipped.")
+    benchmark.add_argument(
+        "--data_root",
+        help="Folder with trec/, rte/, imdb/ and cifar10/ subfolders of local data (default: the Hub; TREC-6 from the packaged copy).",
+    )
+    benchmark.add_argument("--work_dir", default="outputs/benchmark", help="Scratch folder for the runs.")
+    benchmark.add_argument("--tasks", nargs="+", help="Only these tasks.")
+    benchmark.add_argument("--strategies", nargs="+", help="Only these strategies.")
+    benchmark.add_argument("--seeds", nargs="+", type=int, help="Only these seeds (no extra seeds for the core set).")
+    benchmark.add_argument("--retry_failed", action="store_true", help="Run again the cells recorded as failed.")
+    benchmark.add_argument("--shard", type=_parse_shard, help="K/N: run every N-th pending cell starting at K.")
+    benchmark.set_defaults(handler=_command_benchmark)
+
+    report = commands.add_parser("report", help="Write the Markdown report and plots for a benchmark results file.")
+    report.add_argument("results", help="The JSON Lines results file of `hf-dals benchmark`.")
+    report.add_argument("--output", default="docs/benchmarks.md", help="Markdown file to write.")
+    report.add_argument("--figures", help="Folder for the PNG plots (default: figures/ next to the report).")
+    report.add_argument("--profile", help="Only records of this profile.")
+    report.add_argument("--preamble", help="Markdown file whose text goes before the tables (command, machine, notes).")
+    report.set_defaults(handler=_command_report)
     return parser
 
 

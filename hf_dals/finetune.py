@@ -2,30 +2,22 @@
 
 The protocol is the honest one: a seeded, stratified slice of the training file is the
 validation split, the checkpoint is chosen on validation accuracy, and the test split is
-evaluated once, at the end. ``recipes/finetune.py`` parses these dataclasses from the command line.
+evaluated once, at the end (see :mod:`hf_dals.protocol`). ``recipes/finetune.py`` parses these
+dataclasses from the command line.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
-    PrinterCallback,
-    ProgressCallback,
     set_seed,
 )
-
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy
-
-from .grouping import check_param_coverage
-from .metrics import compute_accuracy
-from .tasks import get_text_task, make_splits
+from .protocol import PreparedTask, ProtocolTrainingArguments, fit_and_test
+from .tasks import get_text_task, make_splits, text_task_names
 from .trainer import DALSTrainer
 from .training_args import DALSTrainingArguments
 
@@ -34,10 +26,9 @@ __all__ = [
     "FinetuneTrainingArguments",
     "ModelArguments",
     "packaged_model_path",
+    "prepare_text_task",
     "run_finetune",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 def packaged_model_path() -> str:
@@ -70,7 +61,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    task: str = field(default="trec", metadata={"help": "Task name.", "choices": ["trec"]})
+    task: str = field(default="trec", metadata={"help": "Task name.", "choices": text_task_names()})
     data_dir: str | None = field(
         default=None,
         metadata={"help": "Folder with the task's original files; without it the task is loaded from the Hub."},
@@ -89,41 +80,16 @@ class DataArguments:
 
 
 @dataclass
-class FinetuneTrainingArguments(DALSTrainingArguments):
+class FinetuneTrainingArguments(ProtocolTrainingArguments):
     """``DALSTrainingArguments`` with the defaults of the fine-tuning protocol."""
 
     output_dir: str | None = field(default="outputs/finetune", metadata={"help": "Where checkpoints and results go."})
-    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate on the validation split."})
-    save_strategy: SaveStrategy | str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
-    load_best_model_at_end: bool = field(
-        default=True, metadata={"help": "Reload the checkpoint with the best validation accuracy before testing."}
-    )
-    metric_for_best_model: str | None = field(default="accuracy", metadata={"help": "Model selection metric."})
-    save_total_limit: int | None = field(default=1, metadata={"help": "Keep at most this many checkpoints."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
-    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device for evaluation."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Number of training epochs."})
-    logging_steps: float = field(default=50, metadata={"help": "Log every this many optimizer steps."})
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "Loggers to report to."})
 
 
-def run_finetune(
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    training_args: DALSTrainingArguments,
-    *,
-    quiet: bool = False,
-) -> tuple[dict[str, float], DALSTrainer]:
-    """Fine-tune, select on validation, test once; return the metrics and the trainer.
-
-    ``quiet=True`` removes Trainer's progress bars and printed log lines (the logs still go to
-    ``trainer.state.log_history`` and to every ``report_to`` logger).
-
-    The metrics (``eval_accuracy`` of the selected checkpoint, ``test_accuracy``, training
-    statistics and ``wall_time_seconds``) are also written, the Trainer way, to
-    ``output_dir/all_results.json``.
-    """
-    started = time.perf_counter()
+def prepare_text_task(model_args: ModelArguments, data_args: DataArguments, seed: int) -> PreparedTask:
+    """Load, split and tokenize the task, and build the model with a fresh classification head."""
     task = get_text_task(data_args.task)
     splits = make_splits(
         task.load(data_args.data_dir),
@@ -135,7 +101,7 @@ def run_finetune(
     )
 
     # Seed before the model is built: its new classifier head is initialised from the global RNG.
-    set_seed(training_args.seed)
+    set_seed(seed)
     model_path = model_args.model_name_or_path or packaged_model_path()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -149,40 +115,33 @@ def run_finetune(
         texts = [batch[column] for column in task.text_columns]
         return tokenizer(*texts, truncation=True, max_length=model_args.max_seq_length)
 
-    keep = {"label"}
     tokenized = splits.map(
-        tokenize, batched=True, remove_columns=[c for c in splits["train"].column_names if c not in keep]
+        tokenize, batched=True, remove_columns=[c for c in splits["train"].column_names if c != "label"]
     )
-
-    trainer = DALSTrainer(
+    return PreparedTask(
+        name=task.name,
         model=model,
-        args=training_args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
-        processing_class=tokenizer,
+        train=tokenized["train"],
+        validation=tokenized["validation"],
+        test=tokenized["test"],
         data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_accuracy,
+        processing_class=tokenizer,
+        info={"model": model_path, "max_seq_length": model_args.max_seq_length},
     )
-    # Sequence-classification heads take **kwargs but ignore num_items_in_batch, so Trainer would
-    # skip dividing each micro-batch loss by the accumulation steps (transformers issue 47688,
-    # open in 5.25). Their loss is a per-batch mean, so the division is the right normalisation.
-    trainer.model_accepts_loss_kwargs = False
-    if quiet:
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
-    train_result = trainer.train()
-    check_param_coverage(trainer.model, trainer.optimizer)
-    trainer.save_model()
 
-    metrics = dict(train_result.metrics)
-    metrics.update(trainer.evaluate(metric_key_prefix="eval"))
-    metrics.update(trainer.evaluate(tokenized["test"], metric_key_prefix="test"))
-    metrics["train_samples"] = len(tokenized["train"])
-    metrics["eval_samples"] = len(tokenized["validation"])
-    metrics["test_samples"] = len(tokenized["test"])
-    metrics["wall_time_seconds"] = time.perf_counter() - started
-    trainer.save_metrics("all", metrics)
-    trainer.save_state()
-    logger.info("results in %s", Path(training_args.output_dir) / "all_results.json")
-    return metrics, trainer
 
+def run_finetune(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: DALSTrainingArguments,
+    *,
+    quiet: bool = False,
+) -> tuple[dict[str, float], DALSTrainer]:
+    """Fine-tune, select on validation, test once; return the metrics and the trainer.
+
+    See :func:`hf_dals.protocol.fit_and_test` for the protocol and the metrics written to
+    ``output_dir/all_results.json``. ``quiet=True`` removes Trainer's progress bars and printed log
+    lines (the logs still go to ``trainer.state.log_history`` and to every ``report_to`` logger).
+    """
+    prepared = prepare_text_task(model_args, data_args, training_args.seed)
+    return fit_and_test(prepared, training_args, quiet=quiet)

@@ -101,6 +101,8 @@ class Strategy:
         uses_depth_groups: parameters are grouped by depth (:func:`hf_dals.depth_param_groups`).
         needs_loss: the optimizer must be fed the training loss once per step (``observe_loss``).
         needs_two_passes: each step needs two forward/backward passes (SAM).
+        lr_family: ``"sgd"`` or ``"adam"``: which family's learning rates the strategy takes, so a
+            benchmark can rescale one family's rates (SGD-type rates are 10-100x Adam-type ones).
         implementation: which code backs the optimizer, for the docs.
     """
 
@@ -113,10 +115,13 @@ class Strategy:
     uses_depth_groups: bool = False
     needs_loss: bool = False
     needs_two_passes: bool = False
+    lr_family: str = "adam"
     implementation: str = ""
     delegates_to_trainer: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.lr_family not in ("sgd", "adam"):
+            raise ValueError(f"invalid lr_family for strategy {self.name!r}: {self.lr_family!r} (expected 'sgd' or 'adam')")
         if not 1 <= self.generation <= 5:
             raise ValueError(f"invalid generation for strategy {self.name!r}: {self.generation} (expected 1 to 5)")
         missing = [regime for regime in REGIMES if regime not in self.defaults]
@@ -559,6 +564,7 @@ _STRATEGIES = [
         build_optimizer=_sgd(_flat_groups),
         build_scheduler=_constant_schedule,
         defaults=_sgd_defaults(SGD_FINETUNE_LR, 0.01),
+        lr_family="sgd",
         implementation="torch.optim.SGD",
     ),
     # Generation 2: one global schedule.
@@ -573,6 +579,7 @@ _STRATEGIES = [
             {"learning_rate": 0.03, "weight_decay": SCRATCH_DECAY, "min_lr_ratio": _ETA_MIN / 0.03},
             momentum=0.9,
         ),
+        lr_family="sgd",
         implementation="torch.optim.SGD, hf_dals.schedules.warmup_cosine",
     ),
     Strategy(
@@ -599,6 +606,7 @@ _STRATEGIES = [
             momentum=0.9,
             sgdr_cycle_mult=2.0,
         ),
+        lr_family="sgd",
         implementation="torch.optim.SGD, hf_dals.schedules.sgdr",
     ),
     Strategy(
@@ -655,6 +663,7 @@ _STRATEGIES = [
         build_optimizer=_lars,
         build_scheduler=_constant_schedule,
         defaults=_sgd_defaults(SGD_FINETUNE_LR, 0.03, trust_coefficient=0.02),
+        lr_family="sgd",
         implementation="pytorch_optimizer.LARS (You et al. 2017; biases and norm weights take plain SGD steps)",
     ),
     Strategy(
@@ -677,6 +686,7 @@ _STRATEGIES = [
         build_scheduler=_constant_schedule,
         defaults=_sgd_defaults(SGD_FINETUNE_LR, 0.05, layer_lr_decay=_ULMFIT_DECAY),
         uses_depth_groups=True,
+        lr_family="sgd",
         implementation="torch.optim.SGD on hf_dals depth groups",
     ),
     Strategy(
@@ -728,6 +738,7 @@ _STRATEGIES = [
         build_scheduler=_constant_schedule,
         defaults=_sgd_defaults(SGD_FINETUNE_LR, 0.03, sam_rho=0.05),
         needs_two_passes=True,
+        lr_family="sgd",
         implementation="pytorch_optimizer.SAM (adaptive=True) around torch.optim.SGD",
     ),
     Strategy(
@@ -737,6 +748,7 @@ _STRATEGIES = [
         build_optimizer=_grokfast,
         build_scheduler=_constant_schedule,
         defaults=_sgd_defaults(SGD_FINETUNE_LR, 0.03, grokfast_alpha=0.98, grokfast_lambda=2.0),
+        lr_family="sgd",
         implementation="hf_dals.optim.GrokfastSGD",
     ),
     Strategy(
@@ -747,6 +759,7 @@ _STRATEGIES = [
         build_scheduler=_stlr_schedule,
         defaults=_sgd_defaults(SGD_FINETUNE_LR, 0.05, layer_lr_decay=_ULMFIT_DECAY, **_STLR),
         uses_depth_groups=True,
+        lr_family="sgd",
         implementation="torch.optim.SGD on hf_dals depth groups, hf_dals.schedules.slanted_triangular",
     ),
     Strategy(
@@ -758,6 +771,7 @@ _STRATEGIES = [
         defaults=_sgd_defaults(SGD_FINETUNE_LR, 0.05, layer_lr_decay=_ULMFIT_DECAY, sam_rho=0.05),
         uses_depth_groups=True,
         needs_two_passes=True,
+        lr_family="sgd",
         implementation="pytorch_optimizer.SAM (adaptive=True) around torch.optim.SGD on hf_dals depth groups",
     ),
     Strategy(
@@ -775,6 +789,7 @@ _STRATEGIES = [
             **_STLR,
         ),
         uses_depth_groups=True,
+        lr_family="sgd",
         implementation="torch.optim.SGD on hf_dals depth groups, hf_dals.schedules.slanted_triangular and gated",
     ),
     Strategy(
@@ -793,6 +808,7 @@ _STRATEGIES = [
         ),
         uses_depth_groups=True,
         needs_loss=True,
+        lr_family="sgd",
         implementation="hf_dals.DALS",
     ),
     Strategy(
@@ -811,6 +827,7 @@ _STRATEGIES = [
         ),
         uses_depth_groups=True,
         needs_loss=True,
+        lr_family="sgd",
         implementation="hf_dals.DALS(variant='fast')",
     ),
     Strategy(
@@ -830,6 +847,7 @@ _STRATEGIES = [
         ),
         uses_depth_groups=True,
         needs_loss=True,
+        lr_family="sgd",
         implementation="hf_dals.DALS(variant='acc'), hf_dals.schedules.sgdr",
     ),
 ]

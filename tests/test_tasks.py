@@ -69,7 +69,7 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_unknown_task():
-    with pytest.raises(ValueError, match="unknown task 'sst5'; expected one of trec"):
+    with pytest.raises(ValueError, match="unknown task 'sst5'; expected one of imdb, rte, trec"):
         get_text_task("sst5")
 
 
