@@ -110,6 +110,106 @@ def _command_report(options: argparse.Namespace) -> int:
     return 0
 
 
+# Auto classes that ``hf-dals groups --auto_class`` can load a model with.
+_AUTO_CLASSES = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "image-classification": "AutoModelForImageClassification",
+    "causal-lm": "AutoModelForCausalLM",
+    "seq2seq-lm": "AutoModelForSeq2SeqLM",
+    "base": "AutoModel",
+}
+
+
+def _load_model(options: argparse.Namespace):
+    """Load the model that ``hf-dals groups`` describes, from its weights or from its config alone.
+
+    Raises:
+        OSError: when the folder or Hub name cannot be read.
+        ValueError: when the auto class does not support the model's config.
+    """
+    import transformers
+
+    auto_class = getattr(transformers, _AUTO_CLASSES[options.auto_class])
+    extra = {} if options.num_labels is None else {"num_labels": options.num_labels}
+    config = transformers.AutoConfig.from_pretrained(options.model, **extra)
+    if options.from_config:
+        return auto_class.from_config(config)
+    return auto_class.from_pretrained(options.model, config=config)
+
+
+def _groups_for(model, options: argparse.Namespace) -> list[dict]:
+    from .grouping import depth_param_groups
+
+    if options.lr_strategy is None:
+        return depth_param_groups(
+            model,
+            lr=5e-5 if options.lr is None else options.lr,
+            layer_lr_decay=1.0 if options.layer_lr_decay is None else options.layer_lr_decay,
+            weight_decay=0.0 if options.weight_decay is None else options.weight_decay,
+            layer_pattern=options.layer_pattern,
+        )
+
+    import tempfile
+
+    from .strategies import get_strategy
+    from .training_args import DALSTrainingArguments
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = DALSTrainingArguments(
+            output_dir=output_dir,
+            lr_strategy=options.lr_strategy,
+            learning_rate=options.lr,
+            layer_lr_decay=options.layer_lr_decay,
+            weight_decay=options.weight_decay,
+            layer_pattern=options.layer_pattern,
+            report_to="none",
+            use_cpu=True,
+        )
+        strategy = get_strategy(options.lr_strategy)
+        optimizer = strategy.create_optimizer(model, args)
+    return getattr(optimizer, "param_groups", optimizer)
+
+
+def _command_groups(options: argparse.Namespace) -> int:
+    from .grouping import describe_param_groups, discover_depths
+
+    try:
+        model = _load_model(options)
+    except OSError as error:
+        print(
+            f"hf-dals groups: error: could not load {options.model!r}: it is not a model folder here and the "
+            "Hugging Face Hub could not be reached or has no such model. Pass a folder written by "
+            "save_pretrained, or connect to the Hub with HF_HUB_OFFLINE unset.\n"
+            f"Cause: {error}",
+            file=sys.stderr,
+        )
+        return 1
+    except ValueError as error:
+        print(
+            f"hf-dals groups: error: could not build {options.model!r} with --auto_class "
+            f"{options.auto_class}: {error}\nChoose another --auto_class ({', '.join(_AUTO_CLASSES)}).",
+            file=sys.stderr,
+        )
+        return 1
+
+    try:
+        depth_map = discover_depths(model, layer_pattern=options.layer_pattern)
+        groups = _groups_for(model, options)
+    except ValueError as error:
+        print(f"hf-dals groups: error: {error}", file=sys.stderr)
+        return 1
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    stacks = ", ".join(depth_map.stack_names) or "none (depths by module order)"
+    label = "layer stacks" if len(depth_map.stack_names) > 1 else "layer stack"
+    print(f"{type(model).__name__}: {label} {stacks}; {len(set(depth_map.depths.values()))} depths")
+    print(f"{trainable:,} trainable parameters in {len(groups)} groups")
+    print()
+    print(describe_param_groups(groups))
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-dals",
@@ -170,6 +270,51 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--profile", help="Only records of this profile.")
     report.add_argument("--preamble", help="Markdown file whose text goes before the tables (command, machine, notes).")
     report.set_defaults(handler=_command_report)
+    return 0
+
+
+    from .strategies import strategy_names
+
+    groups = commands.add_parser(
+        "groups",
+        help="Print the depth-aware parameter groups of a model, to check the split before training.",
+    )
+    groups.add_argument("model", metavar="MODEL_PATH_OR_NAME", help="A folder written by save_pretrained, or a Hub name.")
+    groups.add_argument(
+        "--auto_class",
+        choices=list(_AUTO_CLASSES),
+        default="sequence-classification",
+        help="Head to load the model with (default: sequence-classification).",
+    )
+    groups.add_argument("--num_labels", type=int, help="Number of labels of a new classification head.")
+    groups.add_argument(
+        "--from_config",
+        action="store_true",
+        help="Build the model from its config with random weights (for a folder that has only config.json).",
+    )
+    groups.add_argument(
+        "--lr_strategy",
+        choices=strategy_names(),
+        metavar="NAME",
+        help="Show the groups and learning rates of this strategy (see `hf-dals strategies`). Default: "
+        "depth groups as depth_param_groups builds them.",
+    )
+    groups.add_argument(
+        "--lr", type=float, help="Peak learning rate (default: the strategy's, or 5e-05 without --lr_strategy)."
+    )
+    groups.add_argument(
+        "--layer_lr_decay",
+        type=float,
+        help="Each depth trains at this times the lr of the depth above (default: the strategy's, or 1.0).",
+    )
+    groups.add_argument(
+        "--weight_decay", type=float, help="Weight decay of weight matrices (default: the strategy's, or 0)."
+    )
+    groups.add_argument(
+        "--layer_pattern",
+        help=r"Regular expression whose first group captures the layer index, e.g. '\.blocks\.(\d+)\.'.",
+    )
+    groups.set_defaults(handler=_command_groups)
     return parser
 
 

@@ -8,23 +8,33 @@ dataclasses from the command line.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
+    PreTrainedModel,
     set_seed,
 )
+
 from .protocol import PreparedTask, ProtocolTrainingArguments, fit_and_test
 from .tasks import get_text_task, make_splits, text_task_names
 from .trainer import DALSTrainer
 from .training_args import DALSTrainingArguments
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "DataArguments",
     "FinetuneTrainingArguments",
     "ModelArguments",
+    "apply_lora",
     "packaged_model_path",
     "prepare_text_task",
     "run_finetune",
@@ -57,6 +67,72 @@ class ModelArguments:
         },
     )
     max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated to this many tokens."})
+    lora: bool = field(
+        default=False,
+        metadata={
+            "help": "Fine-tune LoRA adapters (PEFT) and the classifier head instead of all weights. The base "
+            "weights are frozen and left out of every parameter group; each adapter takes the depth of the "
+            "layer it adapts, so every lr_strategy works."
+        },
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling: adapter updates are scaled by alpha / r."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the input of the LoRA adapters."})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated names of the modules to adapt, e.g. 'query,value'. Default: PEFT's choice "
+            "for the model type (query and value projections for BERT, RoBERTa, DeBERTa-v2, Llama, ...)."
+        },
+    )
+
+
+def apply_lora(model: PreTrainedModel, model_args: ModelArguments) -> PeftModel:
+    """Wrap a sequence-classification model in PEFT LoRA adapters as ``model_args`` sets them.
+
+    The task type is sequence classification, so PEFT keeps a trainable copy of the classifier
+    head (``modules_to_save``) and freezes every other base weight.
+
+    Raises:
+        ValueError: on an invalid LoRA option, or when no target modules are given and PEFT has
+            no default for the model type.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    if model_args.lora_r < 1:
+        raise ValueError(f"invalid lora_r: {model_args.lora_r} (expected lora_r >= 1)")
+    if not 0.0 <= model_args.lora_dropout < 1.0:
+        raise ValueError(f"invalid lora_dropout: {model_args.lora_dropout} (expected 0 <= lora_dropout < 1)")
+    target_modules = None
+    if model_args.lora_target_modules is not None:
+        target_modules = [name.strip() for name in model_args.lora_target_modules.split(",") if name.strip()]
+        if not target_modules:
+            raise ValueError(
+                f"invalid lora_target_modules: {model_args.lora_target_modules!r} (expected comma-separated "
+                "module names such as 'query,value')"
+            )
+    else:
+        model_type = getattr(model.config, "model_type", None)
+        if model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+            raise ValueError(
+                f"PEFT has no default LoRA target modules for model type {model_type!r} "
+                f"({type(model).__name__}); pass --lora_target_modules with the names of its attention "
+                "projections, for example 'q_lin,v_lin' for DistilBERT"
+            )
+
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=target_modules,
+    )
+    peft_model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
+    logger.info("LoRA: %s of %s parameters are trainable", f"{trainable:,}", f"{total:,}")
+    return peft_model
 
 
 @dataclass
@@ -110,6 +186,8 @@ def prepare_text_task(model_args: ModelArguments, data_args: DataArguments, seed
         id2label=dict(enumerate(task.label_names)),
         label2id={name: index for index, name in enumerate(task.label_names)},
     )
+    if model_args.lora:
+        model = apply_lora(model, model_args)
 
     def tokenize(batch):
         texts = [batch[column] for column in task.text_columns]

@@ -1,11 +1,11 @@
 """Depth-aware parameter groups.
 
 A model is cut into depths from input to output. Depth 0 contains the embeddings, depth
-``i + 1`` encoder layer ``i``, and the last depth everything after the layer stack (pooler,
-pre-classifier, classifier). The layer stack is found in the module tree: it is the
-``nn.ModuleList`` of repeated blocks that holds the most parameters, so no model-specific prefix
-is hard-coded. Layer membership is decided by module identity, never by matching names, so
-``layer.1.`` can never be confused with ``layer.10.``.
+``i + 1`` layer ``i``, and the last depth everything after the layer stack (final norm, pooler,
+classifier). The layer stack is found in the module tree: it is the ``nn.ModuleList`` of repeated
+blocks that holds the most parameters, so no model-specific prefix is hard-coded. Layer membership
+is decided by module identity, never by matching names, so ``layer.1.`` can never be confused with
+``layer.10.``. ``docs/depths.md`` lists what this gives for each common architecture.
 
 This module knows nothing about optimizers: it returns plain dictionaries that any
 ``torch.optim.Optimizer`` accepts as parameter groups, with extra metadata keys (``name``,
@@ -16,6 +16,7 @@ hf-dals read.
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,32 @@ _WRAPPER_PREFIXES = ("module.", "base_model.model.")
 _MIN_STACK_SHARE = 0.2
 
 DepthRules = Sequence[tuple[str, int]] | Callable[[str], int | None]
+
+# Children whose place the module tree cannot show: they are registered after the layer list but
+# run before it or inside it. Keyed by the class name of the parent module, so that no model class
+# is imported. "input" puts a child into depth 0 and "first_block" into the depth of the first
+# block of the nearest stack.
+_KNOWN_PLACEMENTS: dict[str, dict[str, str]] = {
+    # DeBERTa-v2 and v3: the relative position table and the LayerNorm that normalises it feed the
+    # attention of every layer, like BERT's position embeddings. ``conv`` (present when the config
+    # sets conv_kernel_size > 0) is applied to the output of the first layer only.
+    "DebertaV2Encoder": {"rel_embeddings": "input", "LayerNorm": "input", "conv": "first_block"},
+}
+
+# Plain PyTorch models get one depth per module that owns parameters. A normalization layer joins
+# the depth of the module before it, so a Conv-BatchNorm pair is one depth.
+_NORM_TYPES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+)
 
 _OVERRIDE_HELP = (
     "Pass layer_pattern, a regular expression whose first group captures the layer index "
@@ -76,7 +103,10 @@ class DepthMap:
 
     ``depths`` maps each trainable parameter name (as ``model.named_parameters()`` spells it) to
     its depth. ``depth_names`` maps each depth to a readable name (``embeddings``, ``layer_3``,
-    ``head``), and ``num_layers`` is the number of blocks found in the layer stacks.
+    ``encoder_layer_3`` and ``decoder_layer_0`` for an encoder-decoder, ``head``).
+    ``num_layers`` is the number of distinct blocks found in the layer stacks (for module-order
+    depths, the number of depths minus 2), and ``stack_names`` are the module paths of the stacks,
+    without wrapper prefixes.
     """
 
     depths: dict[str, int]
@@ -94,11 +124,23 @@ class DepthMap:
         return 1.0 if top == 0 else depth / top
 
 
+def _unwrapped(module: nn.Module) -> nn.Module:
+    """Return the module inside activation-checkpointing, FSDP1 and ``torch.compile`` wrappers."""
+    while True:
+        for attribute in _WRAPPER_COMPONENTS:
+            inner = getattr(module, attribute, None)
+            if isinstance(inner, nn.Module):
+                module = inner
+                break
+        else:
+            return module
+
+
 def _is_block_list(module: nn.Module) -> bool:
     if not isinstance(module, nn.ModuleList) or len(module) == 0:
         return False
-    first_type = type(module[0])
-    return all(type(block) is first_type for block in module) and any(
+    first_type = type(_unwrapped(module[0]))
+    return all(type(_unwrapped(block)) is first_type for block in module) and any(
         True for _ in module.parameters()
     )
 
@@ -118,6 +160,58 @@ def _find_layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     return [(name, module) for name, module in outermost if sizes[name] >= _MIN_STACK_SHARE * largest]
 
 
+def _unique_blocks(stack: Sequence[nn.Module]) -> list[nn.Module]:
+    """Return the blocks of ``stack`` in order, each module object once."""
+    seen: set[int] = set()
+    blocks = []
+    for block in stack:
+        if id(block) not in seen:
+            seen.add(id(block))
+            blocks.append(block)
+    return blocks
+
+
+def _declared_num_layers(model: nn.Module) -> int | None:
+    """Return ``config.num_hidden_layers`` of the first module that has a config (the Transformers model)."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        declared = getattr(config, "num_hidden_layers", None)
+        if isinstance(declared, int) and not isinstance(declared, bool):
+            return declared
+    return None
+
+
+def _leaf_block_count(blocks: Sequence[nn.Module]) -> int:
+    """Count distinct blocks, counting a block that is itself a list of blocks (Funnel) by its content."""
+    count = 0
+    for block in _unique_blocks(blocks):
+        inner = _unwrapped(block)
+        count += _leaf_block_count(inner) if _is_block_list(inner) else 1
+    return count
+
+
+def _shared_blocks_message(model: nn.Module, stacks: list[tuple[str, nn.ModuleList]]) -> str | None:
+    """Describe how the layers of ``model`` share weights, or return ``None`` when they do not.
+
+    Two signs are read from the model: a layer list that holds the same module object more than
+    once, and a config that declares more hidden layers than there are distinct blocks (ALBERT
+    runs its one layer group ``num_hidden_layers`` times).
+    """
+    distinct = sum(len(_unique_blocks(stack)) for _, stack in stacks)
+    listed = sum(len(stack) for _, stack in stacks)
+    declared = _declared_num_layers(model)
+    if listed > distinct:
+        reason = f"its layer list holds {listed} entries but only {distinct} distinct blocks"
+    elif declared is not None and declared > sum(_leaf_block_count(stack) for _, stack in stacks):
+        reason = f"its config declares {declared} hidden layers but the layer stack has only {distinct} distinct blocks"
+    else:
+        return None
+    return (
+        f"the layers of {type(model).__name__} share weights: {reason}. Each shared block gets one depth, "
+        f"so the model has {distinct + 2} depths: embeddings, {distinct} for the blocks, and head."
+    )
+
+
 def _common_prefix_length(a: list[str], b: list[str]) -> int:
     length = 0
     for x, y in zip(a, b):
@@ -127,42 +221,112 @@ def _common_prefix_length(a: list[str], b: list[str]) -> int:
     return length
 
 
-def _is_before_stack(model: nn.Module, param_name: str, stack_name: str) -> bool:
-    """Decide whether a parameter outside the stacks sits on the input side of ``stack_name``.
+def _leading_wrapper_length(path: list[str]) -> int:
+    """Count the leading path components that wrappers add (see :func:`canonical_name`)."""
+    index = 0
+    while index < len(path):
+        if path[index] in _WRAPPER_COMPONENTS or path[index] == "module":
+            index += 1
+        elif path[index : index + 2] == ["base_model", "model"]:
+            index += 2
+        else:
+            break
+    return index
+
+
+def _nearest_stack(path: list[str], stack_paths: list[list[str]], *, prefer_last: bool) -> int:
+    """Return the index of the stack that shares the longest module path with ``path``.
+
+    Ties (a parameter at the root of an encoder-decoder) go to the first stack when the input side
+    is being decided and to the last stack when the output side is.
+    """
+    shared = [_common_prefix_length(path, stack_path) for stack_path in stack_paths]
+    best = max(shared)
+    candidates = [k for k, length in enumerate(shared) if length == best]
+    return candidates[-1] if prefer_last else candidates[0]
+
+
+def _known_placement(model: nn.Module, path: list[str]) -> str | None:
+    """Return the placement that ``_KNOWN_PLACEMENTS`` gives the parameter at ``path``, if any."""
+    module = model
+    for component in path[:-1]:
+        placements = _KNOWN_PLACEMENTS.get(type(module).__name__, {})
+        if component in placements:
+            return placements[component]
+        module = getattr(module, component)
+    return None
+
+
+def _is_embedding(model: nn.Module, path: list[str], stack_path: list[str]) -> bool:
+    """Decide whether a parameter outside the stacks belongs to an embedding.
+
+    It does when its module is an ``nn.Embedding`` (or a subclass, such as BART's learned position
+    embedding), or when the branch that leaves the stack's path has "embedding" in a name (BART's
+    ``layernorm_embedding`` and ALBERT's ``embedding_hidden_mapping_in``). Only the branch is read,
+    so a backbone that a user stores as ``embedding_model`` does not pull its final norm to depth 0.
+    """
+    owner = model.get_submodule(".".join(path[:-1]))
+    if isinstance(owner, nn.Embedding):
+        return True
+    branch = path[_common_prefix_length(path[:-1], stack_path) :]
+    return any("embedding" in component.lower() for component in branch)
+
+
+def _is_before_stack(model: nn.Module, path: list[str], stack_path: list[str]) -> bool:
+    """Decide whether a parameter outside the stacks sits on the input side of a stack.
 
     Inside the module that contains the stack (the backbone), children registered before the branch
     that leads to the stack are on the input side (embeddings) and those after it on the output
-    side (pooler, final norm). At the root, registration order is not reliable (XLM-RoBERTa
-    registers its classifier before its backbone), so a root child is on the input side only if
-    it holds an ``nn.Embedding`` (for example T5's shared embedding).
+    side (pooler, final norm). At the root of a Transformers model, below any wrapper, registration
+    order is not reliable (XLM-RoBERTa registers its classifier before its backbone), so a root
+    child is on the input side only if it contains an ``nn.Embedding`` (for example T5's shared
+    embedding). A parameter held directly by a module on the way to the stack (a bare
+    ``nn.Parameter``) is on the output side.
     """
-    param_path = param_name.split(".")
-    stack_path = stack_name.split(".")
-    depth = _common_prefix_length(param_path[:-1], stack_path)
-    if depth == 0:
-        child = getattr(model, param_path[0])
+    root = _leading_wrapper_length(path)
+    depth = _common_prefix_length(path[:-1], stack_path)
+    if depth <= root and _is_transformers_model(model):
+        child = getattr(model.get_submodule(".".join(path[:root])), path[root])
         return isinstance(child, nn.Module) and any(isinstance(m, nn.Embedding) for m in child.modules())
-    parent = model.get_submodule(".".join(param_path[:depth]))
+    depth = max(depth, root)
+    parent = model.get_submodule(".".join(path[:depth]))
     order = [name for name, _ in parent.named_children()]
-    if param_path[depth] not in order:
-        # A parameter held directly by a module on the way to the stack: treat it as output side.
+    if path[depth] not in order:
         return False
-    return order.index(param_path[depth]) < order.index(stack_path[depth])
+    return order.index(path[depth]) < order.index(stack_path[depth])
+
+
+def _stack_labels(stack_names: list[str]) -> list[str]:
+    """Name each stack for its depth names: ``encoder`` and ``decoder`` for an encoder-decoder.
+
+    A label is the path of the stack after the prefix that all stacks share, without the name of
+    the list itself (``model.encoder.layers`` and ``model.decoder.layers`` give ``encoder`` and
+    ``decoder``). When those labels collide, the whole remaining path is used.
+    """
+    paths = [canonical_name(name).split(".") for name in stack_names]
+    shared = min(_common_prefix_length(paths[0], other) for other in paths)
+    remainders = [path[shared:] for path in paths]
+    labels = ["_".join(rest[:-1] or rest) for rest in remainders]
+    if len(set(labels)) < len(labels):
+        labels = ["_".join(rest) for rest in remainders]
+    return labels
 
 
 def _depths_from_stacks(model: nn.Module, stacks: list[tuple[str, nn.ModuleList]]) -> DepthMap:
-    # Map each parameter object to (stack position, block index) by identity.
+    # Map each parameter object to (stack position, block index) by identity. A block that a list
+    # holds several times (shared weights) counts once.
+    blocks = [_unique_blocks(stack) for _, stack in stacks]
     block_of: dict[int, tuple[int, int]] = {}
-    for stack_position, (_, stack) in enumerate(stacks):
-        for block_index, block in enumerate(stack):
+    for stack_position, stack_blocks in enumerate(blocks):
+        for block_index, block in enumerate(stack_blocks):
             for param in block.parameters():
                 block_of.setdefault(id(param), (stack_position, block_index))
 
     offsets = []
     total = 0
-    for _, stack in stacks:
+    for stack_blocks in blocks:
         offsets.append(total)
-        total += len(stack)
+        total += len(stack_blocks)
     head_depth = total + 1
     stack_paths = [name.split(".") for name, _ in stacks]
 
@@ -175,21 +339,28 @@ def _depths_from_stacks(model: nn.Module, stacks: list[tuple[str, nn.ModuleList]
             stack_position, block_index = location
             depths[name] = offsets[stack_position] + block_index + 1
             continue
-        # The nearest stack is the one sharing the longest module path with the parameter.
+
         path = name.split(".")
-        nearest = max(range(len(stacks)), key=lambda k: (_common_prefix_length(path, stack_paths[k]), -k))
-        if _is_before_stack(model, name, stacks[nearest][0]):
+        placement = _known_placement(model, path)
+        first = _nearest_stack(path, stack_paths, prefer_last=False)
+        if placement == "first_block":
+            depths[name] = offsets[first] + 1
+        elif placement == "input" or _is_embedding(model, path, stack_paths[first]):
             depths[name] = 0
-        elif nearest == len(stacks) - 1:
-            depths[name] = head_depth
+        elif _is_before_stack(model, path, stack_paths[first]):
+            depths[name] = 0
         else:
+            last = _nearest_stack(path, stack_paths, prefer_last=True)
             # After a stack that is not the last one (the encoder's final norm in an
-            # encoder-decoder): the parameter belongs with that stack's last block.
-            depths[name] = offsets[nearest] + len(stacks[nearest][1])
+            # encoder-decoder), a parameter belongs with that stack's last block.
+            depths[name] = head_depth if last == len(stacks) - 1 else offsets[last] + len(blocks[last])
 
     names = {0: "embeddings", head_depth: "head"}
-    for depth in range(1, total + 1):
-        names[depth] = f"layer_{depth - 1}"
+    if len(stacks) == 1:
+        names.update({depth: f"layer_{depth - 1}" for depth in range(1, total + 1)})
+    else:
+        for label, offset, stack_blocks in zip(_stack_labels([n for n, _ in stacks]), offsets, blocks):
+            names.update({offset + i + 1: f"{label}_layer_{i}" for i in range(len(stack_blocks))})
     return DepthMap(
         depths=depths,
         depth_names=names,
@@ -245,23 +416,33 @@ def _depths_from_module_order(model: nn.Module) -> DepthMap | None:
     """Give each module that owns parameters its own depth, in registration order.
 
     Used for plain PyTorch models (``nn.Sequential`` MLPs, small CNNs) that have no list of
-    repeated blocks. Returns ``None`` when no trainable parameter exists.
+    repeated blocks. A normalization layer (BatchNorm, LayerNorm, GroupNorm, ...) joins the depth
+    of the module registered before it. Frozen modules keep their depth, so freezing the first
+    layer does not renumber the others. The first depth plays the part of the embeddings and the
+    last one that of the head, so ``num_layers`` is the number of depths minus 2. Returns ``None``
+    when no trainable parameter exists.
     """
-    owners = []
+    owners: list[tuple[str, list[str]]] = []
     for module_name, module in model.named_modules():
-        own = [name for name, param in module.named_parameters(recurse=False) if param.requires_grad]
-        if own:
+        own = [f"{module_name}.{name}" if module_name else name for name, _ in module.named_parameters(recurse=False)]
+        if not own:
+            continue
+        if owners and isinstance(module, _NORM_TYPES):
+            owners[-1][1].extend(own)
+        else:
             owners.append((module_name, own))
-    if not owners:
-        return None
 
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    if not trainable:
+        return None
     depths: dict[str, int] = {}
     names: dict[int, str] = {}
-    for depth, (module_name, own) in enumerate(owners):
-        for name in own:
-            depths[f"{module_name}.{name}" if module_name else name] = depth
+    for depth, (module_name, full_names) in enumerate(owners):
+        for name in full_names:
+            if name in trainable:
+                depths[name] = depth
         names[depth] = canonical_name(module_name) or "root"
-    return DepthMap(depths=depths, depth_names=names, num_layers=len(owners))
+    return DepthMap(depths=depths, depth_names=names, num_layers=max(len(owners) - 2, 0))
 
 
 def _apply_depth_rules(model: nn.Module, base: DepthMap | None, depth_rules: DepthRules) -> DepthMap:
@@ -327,6 +508,9 @@ def discover_depths(
     with wrapper prefixes removed (see :func:`canonical_name`). With rules that cover
     every trainable parameter, no stack is needed.
 
+    When layers share weights (ALBERT), a ``UserWarning`` says so and each shared block gets one
+    depth.
+
     Raises:
         ValueError: if no layer stack is found and no override covers the model.
     """
@@ -335,18 +519,48 @@ def discover_depths(
         base = _depths_from_pattern(model, layer_pattern)
     else:
         stacks = _find_layer_stacks(model)
-        base = _depths_from_stacks(model, stacks) if stacks else None
-        if base is None and not _is_transformers_model(model):
+        base = None
+        if stacks:
+            shared_message = _shared_blocks_message(model, stacks)
+            if shared_message is not None:
+                warnings.warn(shared_message, stacklevel=2)
+            base = _depths_from_stacks(model, stacks)
+        elif not _is_transformers_model(model):
             base = _depths_from_module_order(model)
 
     if depth_rules is not None:
         return _apply_depth_rules(model, base, depth_rules)
     if base is None:
+        suggestion = _suggest_layer_pattern(model)
+        hint = f" For this model, try layer_pattern=r'{suggestion}'." if suggestion else ""
         raise ValueError(
             f"could not find the layer stack of {type(model).__name__}: no nn.ModuleList of repeated "
-            f"blocks was found in its module tree. {_OVERRIDE_HELP}"
+            f"blocks was found in its module tree.{hint} {_OVERRIDE_HELP}"
         )
     return base
+
+
+def _suggest_layer_pattern(model: nn.Module) -> str | None:
+    """Guess a ``layer_pattern`` from numbered path components in the parameter names.
+
+    The guess is the prefix followed by an index that covers the most parameters, among prefixes
+    with at least two distinct indices (``bert.encoder.layer.0.``, ``bert.encoder.layer.1.``, ...).
+    Returns ``None`` when no name has a numbered component.
+    """
+    counts: Counter[str] = Counter()
+    indices: dict[str, set[str]] = {}
+    for name, _ in model.named_parameters():
+        parts = canonical_name(name).split(".")
+        for position, part in enumerate(parts[:-1]):
+            if part.isdigit() and position > 0:
+                prefix = ".".join(parts[:position])
+                counts[prefix] += 1
+                indices.setdefault(prefix, set()).add(part)
+                break
+    candidates = [prefix for prefix, _ in counts.most_common() if len(indices[prefix]) >= 2]
+    if not candidates:
+        return None
+    return "^" + re.escape(candidates[0]) + r"\.(\d+)\."
 
 
 def _is_transformers_model(model: nn.Module) -> bool:
