@@ -131,7 +131,7 @@ _QUICK = Profile(
             "cifar10", epochs=6, batch_size=128, eval_batch_size=1000, test_samples=5000, targets=(0.4, 0.5)
         ),
         "rte": TaskSettings(
-            "rte", epochs=3, batch_size=16, train_samples=1000, max_seq_length=128, targets=(0.55, 0.6),
+            "rte", epochs=2, batch_size=16, train_samples=500, max_seq_length=128, targets=(0.55, 0.6),
             lr_multiplier=_QUICK_SGD,
         ),
         "trec": TaskSettings(
@@ -139,7 +139,7 @@ _QUICK = Profile(
             lr_multiplier=_QUICK_SGD,
         ),
         "imdb": TaskSettings(
-            "imdb", epochs=2, batch_size=16, train_samples=1000, eval_samples=500, test_samples=1000,
+            "imdb", epochs=2, batch_size=16, train_samples=500, eval_samples=300, test_samples=1000,
             max_seq_length=128, targets=(0.7, 0.8), lr_multiplier=_QUICK_SGD,
         ),
     },  # fmt: skip

@@ -270,8 +270,6 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--profile", help="Only records of this profile.")
     report.add_argument("--preamble", help="Markdown file whose text goes before the tables (command, machine, notes).")
     report.set_defaults(handler=_command_report)
-    return 0
-
 
     from .strategies import strategy_names
 
