@@ -367,3 +367,40 @@ def test_step_never_reads_tensor_values_on_host(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, forbidden)
     optimizer.step()
     optimizer.observe_loss(loss.detach())
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_last_trust_ratio_mean_per_group(foreach):
+    big = torch.nn.Parameter(torch.tensor([3000.0, 4000.0], dtype=torch.float64))
+    small = torch.nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
+    optimizer = DALS([{"params": [big], "depth_ratio": 1.0}, {"params": [small], "depth_ratio": 1.0}], foreach=foreach)
+    big.grad = torch.tensor([0.6, 0.8], dtype=torch.float64)
+    small.grad = torch.tensor([0.6, 0.8], dtype=torch.float64)
+    optimizer.step()
+    assert optimizer.last_trust_ratio_mean[0].item() == pytest.approx(5.0)
+    assert optimizer.last_trust_ratio_mean[1].item() == pytest.approx(0.2)
+
+
+def test_foreach_and_per_tensor_paths_agree():
+    torch.manual_seed(0)
+    for variant in ("dals", "fast", "acc"):
+        for phase in (0, 1, 2):
+            model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))
+            twin = copy.deepcopy(model)
+            optimizers = []
+            for net, foreach in ((model, False), (twin, True)):
+                groups = [
+                    {"params": net[0].parameters(), "depth_ratio": 0.0},
+                    {"params": [*net[1].parameters(), *net[2].parameters()], "depth_ratio": 1.0},
+                ]
+                optimizer = DALS(groups, lr=0.05, weight_decay=1e-3, variant=variant, foreach=foreach)
+                set_phase(optimizer, phase)
+                optimizers.append(optimizer)
+            for _ in range(20):
+                x, y = torch.randn(8, 8), torch.randint(0, 3, (8,))
+                for net, optimizer in zip((model, twin), optimizers):
+                    optimizer.zero_grad()
+                    torch.nn.functional.cross_entropy(net(x), y).backward()
+                    optimizer.step()
+            for a, b in zip(model.parameters(), twin.parameters()):
+                assert ((a - b).norm() / a.norm()).item() <= 1e-6, (variant, phase)

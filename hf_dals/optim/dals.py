@@ -212,6 +212,9 @@ class DALS(Optimizer):
         # Per-group tables of phase weights, kept on the device so that step() can pick the row of
         # the current phase without reading the phase on the host.
         self._weight_tables: dict[tuple, Tensor] = {}
+        # The mean trust ratio of each parameter group at the last step, as 0-d tensors; for
+        # logging only, so it is not part of the state dict.
+        self.last_trust_ratio_mean: dict[int, Tensor] = {}
 
     # -- optimizer-wide state ------------------------------------------------------------------
 
@@ -304,7 +307,7 @@ class DALS(Optimizer):
                 loss = closure()
 
         phase = self._global_state()["phase"]
-        for group in self.param_groups:
+        for group_index, group in enumerate(self.param_groups):
             params, grads, momentum_buffers, slow_grads = [], [], [], []
             for param in group["params"]:
                 if param.grad is None:
@@ -325,7 +328,7 @@ class DALS(Optimizer):
             device = params[0].device
             weights = self._weight_table(group, device)[phase.to(device)]
             update = _multi_tensor_dals if _use_foreach(group["foreach"], params) else _single_tensor_dals
-            update(
+            self.last_trust_ratio_mean[group_index] = update(
                 params,
                 grads,
                 momentum_buffers,
@@ -352,12 +355,14 @@ def _single_tensor_dals(
     weight_decay: float,
     trust_coefficient: float,
     trust_clip: tuple[float, float] | None,
-) -> None:
-    """Apply the DALS update tensor by tensor; ``weights`` contains (filter, raw, slow) weights.
+) -> Tensor:
+    """Apply the DALS update tensor by tensor; return the mean trust ratio of the tensors.
 
-    The blend uses ``raw + slow = 1``: ``raw * g + slow * g_slow`` is ``lerp(g_slow, g, raw)``.
+    ``weights`` contains the (filter, raw, slow) weights. The blend uses ``raw + slow = 1``:
+    ``raw * g + slow * g_slow`` is ``lerp(g_slow, g, raw)``.
     """
     filter_weight, raw_weight, _ = weights.unbind()
+    ratios = []
     for param, grad, momentum_buffer, slow_grad in zip(params, grads, momentum_buffers, slow_grads):
         dtype = grad.dtype
         ema_filter_(slow_grad, grad, filter_weight.to(dtype))
@@ -372,6 +377,8 @@ def _single_tensor_dals(
         )
         momentum_buffer.mul_(momentum).add_(blended)
         param.addcmul_(momentum_buffer, ratio.to(param.dtype), value=-lr)
+        ratios.append(ratio.float().to(params[0].device))
+    return torch.stack(ratios).mean()
 
 
 def _use_foreach(requested: bool | None, params: list[Tensor]) -> bool:
@@ -394,9 +401,13 @@ def _multi_tensor_dals(
     weight_decay: float,
     trust_coefficient: float,
     trust_clip: tuple[float, float] | None,
-) -> None:
-    """Apply the DALS update with multi-tensor kernels, one call per device and dtype."""
+) -> Tensor:
+    """Apply the DALS update with multi-tensor kernels, one call per device and dtype.
+
+    Returns the mean trust ratio of the tensors.
+    """
     grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, momentum_buffers, slow_grads])
+    all_ratios = []
     for (device_params, device_grads, device_momenta, device_slows), _ in grouped.values():
         dtype_weights = weights.to(device=device_params[0].device, dtype=device_params[0].dtype)
         filter_weight, raw_weight, _ = dtype_weights.unbind()
@@ -411,7 +422,9 @@ def _multi_tensor_dals(
             torch.stack(torch._foreach_norm(blended)),
             trust_coefficient,
             trust_clip,
-        ).unbind()
+        )
         torch._foreach_mul_(device_momenta, momentum)
         torch._foreach_add_(device_momenta, blended)
-        torch._foreach_addcmul_(device_params, device_momenta, ratios, value=-lr)
+        torch._foreach_addcmul_(device_params, device_momenta, ratios.unbind(), value=-lr)
+        all_ratios.append(ratios.float().to(params[0].device))
+    return torch.cat(all_ratios).mean()
