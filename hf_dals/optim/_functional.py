@@ -15,12 +15,13 @@ __all__ = ["ema_filter_", "phase_from_improvement", "trust_ratio"]
 def trust_ratio(
     param_norm: Tensor,
     update_norm: Tensor,
-    coefficient: float,
-    clip: tuple[float, float] | None = None,
+    coefficient: float | Tensor,
+    clip: tuple[float, float] | tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Return the LARS-style trust ratio ``coefficient * ||theta|| / ||update||``.
 
-    With ``clip = (low, high)`` the ratio is clamped to ``[low, high]``. The ratio is exactly 1
+    With ``clip = (low, high)`` the ratio is clamped to ``[low, high]``. The coefficient and the
+    bounds may be tensors of the norms' shape, one value per tensor. The ratio is exactly 1
     where either norm is zero (a fresh zero-initialised bias, or a parameter whose update
     vanished), so such tensors step with the plain learning rate instead of 0 or infinity.
     Works elementwise, so ``param_norm`` and ``update_norm`` may hold one norm per tensor.

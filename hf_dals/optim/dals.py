@@ -10,7 +10,12 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._functional import ema_filter_, phase_from_improvement, trust_ratio
+from ._functional import phase_from_improvement, trust_ratio
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # builds of torch without distributed support
+    DTensor = None
 
 __all__ = ["DALS", "DALSVariant", "DALS_VARIANTS", "dals_phase_weights"]
 
@@ -212,9 +217,14 @@ class DALS(Optimizer):
         # Per-group tables of phase weights, kept on the device so that step() can pick the row of
         # the current phase without reading the phase on the host.
         self._weight_tables: dict[tuple, Tensor] = {}
-        # The mean trust ratio of each parameter group at the last step, as 0-d tensors; for
-        # logging only, so it is not part of the state dict.
-        self.last_trust_ratio_mean: dict[int, Tensor] = {}
+        # Mean trust ratio of each parameter group at the last step, kept on the device for logging
+        # (not part of the state dict): group index -> 0-d tensor, or a vector and the positions
+        # of the groups in it for the multi-tensor path.
+        self._trust_ratio_means: dict[int, Tensor] = {}
+        self._trust_ratio_vector: tuple[Tensor, dict[int, int]] | None = None
+        # Per-tensor tables and indices of the multi-tensor path, rebuilt when the set of tensors
+        # with gradients or a group's filter settings change.
+        self._batch_cache: dict[tuple, tuple] = {}
 
     # -- optimizer-wide state ------------------------------------------------------------------
 
@@ -298,6 +308,19 @@ class DALS(Optimizer):
             self._weight_tables[key] = table
         return table
 
+    @property
+    def last_trust_ratio_mean(self) -> dict[int, Tensor]:
+        """The mean trust ratio of each parameter group at the last step: group index -> 0-d tensor.
+
+        The values stay on the device; converting one to a float synchronises, so read them when
+        logging, not in the training hot path.
+        """
+        means = dict(self._trust_ratio_means)
+        if self._trust_ratio_vector is not None:
+            vector, positions = self._trust_ratio_vector
+            means.update({group_index: vector[position] for group_index, position in positions.items()})
+        return means
+
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -307,6 +330,9 @@ class DALS(Optimizer):
                 loss = closure()
 
         phase = self._global_state()["phase"]
+        self._trust_ratio_means = {}
+        self._trust_ratio_vector = None
+        batch: list[tuple[int, list[Tensor], list[Tensor], list[Tensor], list[Tensor]]] = []
         for group_index, group in enumerate(self.param_groups):
             params, grads, momentum_buffers, slow_grads = [], [], [], []
             for param in group["params"]:
@@ -324,11 +350,13 @@ class DALS(Optimizer):
                 slow_grads.append(state["slow_grad"])
             if not params:
                 continue
+            if _use_foreach(group["foreach"], params):
+                batch.append((group_index, params, grads, momentum_buffers, slow_grads))
+                continue
 
             device = params[0].device
             weights = self._weight_table(group, device)[phase.to(device)]
-            update = _multi_tensor_dals if _use_foreach(group["foreach"], params) else _single_tensor_dals
-            self.last_trust_ratio_mean[group_index] = update(
+            self._trust_ratio_means[group_index] = _single_tensor_dals(
                 params,
                 grads,
                 momentum_buffers,
@@ -340,7 +368,133 @@ class DALS(Optimizer):
                 trust_coefficient=group["trust_coefficient"],
                 trust_clip=group["trust_clip"],
             )
+        if batch:
+            self._multi_tensor_step(batch, phase)
         return loss
+
+    def _multi_tensor_step(self, batch: list[tuple], phase: Tensor) -> None:
+        """Update the tensors of all groups in ``batch`` together, one set of kernels per device and dtype.
+
+        Per-group values enter as per-tensor lists: the learning rate, momentum and weight decay as
+        Python scalars (the learning rate changes every step), the filter and blend weights, the
+        trust coefficient and the clip bounds as device tensors built once and cached.
+        """
+        owners = [group_index for group_index, params, *_ in batch for _ in params]
+        params = [p for _, group_params, *_ in batch for p in group_params]
+        grads = [g for _, _, group_grads, *_ in batch for g in group_grads]
+        momenta = [m for *_, group_momenta, _ in batch for m in group_momenta]
+        slows = [s for *_, group_slows in batch for s in group_slows]
+        groups = self.param_groups
+
+        buckets = Optimizer._group_tensors_by_device_and_dtype([params, grads, momenta, slows], with_indices=True)
+        sums: Tensor | None = None
+        counts: Tensor | None = None
+        positions = {group_index: position for position, group_index in enumerate(sorted(set(owners)))}
+        for (device, dtype), ((bucket_params, bucket_grads, bucket_momenta, bucket_slows), indices) in buckets.items():
+            bucket_owners = [owners[i] for i in indices]
+            tables = self._bucket_tables(bucket_owners, positions, device, dtype)
+            # Refresh the per-tensor weights in place: the cached views then hold this phase's values.
+            tables.weights.copy_(tables.by_phase[:, phase.to(device)])
+            torch._foreach_lerp_(bucket_slows, bucket_grads, tables.filter_views)
+            blended = torch._foreach_lerp(bucket_slows, bucket_grads, tables.raw_views)
+            _add_weight_decay(blended, bucket_params, [groups[g]["weight_decay"] for g in bucket_owners])
+
+            ratios = trust_ratio(
+                torch.stack(torch._foreach_norm(bucket_params)),
+                torch.stack(torch._foreach_norm(blended)),
+                tables.coefficients,
+                (tables.clip_low, tables.clip_high),
+            )
+            torch._foreach_mul_(bucket_momenta, [groups[g]["momentum"] for g in bucket_owners])
+            torch._foreach_add_(bucket_momenta, blended)
+            tables.steps.copy_(ratios)
+            torch._foreach_mul_(tables.step_views, [-groups[g]["lr"] for g in bucket_owners])
+            torch._foreach_addcmul_(bucket_params, bucket_momenta, tables.step_views)
+
+            bucket_sums = torch.zeros(len(positions), dtype=torch.float32, device=device)
+            bucket_sums.index_add_(0, tables.owner_positions, ratios.float())
+            first_device = sums.device if sums is not None else device
+            sums = bucket_sums.to(first_device) if sums is None else sums + bucket_sums.to(first_device)
+            counts = tables.counts.to(first_device) if counts is None else counts + tables.counts.to(first_device)
+        self._trust_ratio_vector = (sums / counts.clamp_min(1), positions)
+
+    def _bucket_tables(self, owners: list[int], positions: dict[int, int], device, dtype) -> _BucketTables:
+        """Return the cached per-tensor tables of one device/dtype bucket, building them when needed."""
+        groups = self.param_groups
+        settings = tuple(
+            (g, groups[g]["grokfast_alpha"], groups[g]["depth_ratio"], groups[g]["trust_coefficient"], groups[g]["trust_clip"])
+            for g in dict.fromkeys(owners)
+        )
+        key = (device, dtype, tuple(owners), settings)
+        cached = self._batch_cache.get(key)
+        if cached is None:
+            cached = _BucketTables.build(self.variant, groups, owners, positions, device, dtype)
+            if len(self._batch_cache) > 8:
+                self._batch_cache.clear()
+            self._batch_cache[key] = cached
+        return cached
+
+
+@dataclass
+class _BucketTables:
+    """Per-tensor constants and scratch buffers of one device/dtype bucket of the multi-tensor step.
+
+    ``by_phase`` has shape (tensors, phases, 2): the filter update weight ``1 - alpha`` and the
+    raw-gradient weight. ``weights`` receives the current phase's rows each step; ``filter_views``
+    and ``raw_views`` are one-element views into it, so the multi-tensor kernels read per-tensor
+    weights without a list being rebuilt. ``steps`` and ``step_views`` do the same for the step
+    sizes ``-lr * r``. Without clipping the bounds are 0 and infinity.
+    """
+
+    by_phase: Tensor
+    weights: Tensor
+    filter_views: list[Tensor]
+    raw_views: list[Tensor]
+    coefficients: Tensor
+    clip_low: Tensor
+    clip_high: Tensor
+    steps: Tensor
+    step_views: list[Tensor]
+    owner_positions: Tensor
+    counts: Tensor
+
+    @classmethod
+    def build(cls, variant: DALSVariant, groups: list[dict], owners: list[int], positions: dict[int, int], device, dtype):
+        table_dtype = torch.float32 if device.type == "mps" else torch.float64
+        rows = {
+            g: dals_phase_weights(variant, groups[g]["grokfast_alpha"], groups[g]["depth_ratio"]) for g in dict.fromkeys(owners)
+        }
+        by_phase = torch.tensor(
+            [[[1.0 - row[0], row[1]] for row in rows[g]] for g in owners], dtype=table_dtype, device=device
+        ).to(dtype)
+        weights = torch.empty(len(owners), 2, dtype=dtype, device=device)
+        steps = torch.empty(len(owners), dtype=dtype, device=device)
+        clips = [groups[g]["trust_clip"] or (0.0, math.inf) for g in owners]
+        owner_positions = torch.tensor([positions[g] for g in owners], dtype=torch.long, device=device)
+        counts = torch.zeros(len(positions), dtype=torch.float32, device=device)
+        counts.index_add_(0, owner_positions, torch.ones(len(owners), dtype=torch.float32, device=device))
+        return cls(
+            by_phase=by_phase,
+            weights=weights,
+            filter_views=[weights[i, 0] for i in range(len(owners))],
+            raw_views=[weights[i, 1] for i in range(len(owners))],
+            coefficients=torch.tensor([groups[g]["trust_coefficient"] for g in owners], dtype=table_dtype, device=device).to(dtype),
+            clip_low=torch.tensor([c[0] for c in clips], dtype=table_dtype, device=device).to(dtype),
+            clip_high=torch.tensor([c[1] for c in clips], dtype=table_dtype, device=device).to(dtype),
+            steps=steps,
+            step_views=[steps[i] for i in range(len(owners))],
+            owner_positions=owner_positions,
+            counts=counts,
+        )
+
+
+def _add_weight_decay(blended: list[Tensor], params: list[Tensor], weight_decays: list[float]) -> None:
+    """Add ``weight_decay * param`` to each blended gradient, one multi-tensor call per decay value."""
+    for value in dict.fromkeys(weight_decays):
+        if value == 0:
+            continue
+        chosen = [i for i, decay in enumerate(weight_decays) if decay == value]
+        torch._foreach_add_([blended[i] for i in chosen], [params[i] for i in chosen], alpha=value)
 
 
 def _single_tensor_dals(
@@ -365,7 +519,9 @@ def _single_tensor_dals(
     ratios = []
     for param, grad, momentum_buffer, slow_grad in zip(params, grads, momentum_buffers, slow_grads):
         dtype = grad.dtype
-        ema_filter_(slow_grad, grad, filter_weight.to(dtype))
+        # The filter update weight 1 - alpha is formed in the table's precision, as in the
+        # multi-tensor path, so both paths round alike.
+        slow_grad.lerp_(grad, (1 - filter_weight).to(dtype))
         blended = torch.lerp(slow_grad, grad, raw_weight.to(dtype))
         if weight_decay != 0:
             blended.add_(param, alpha=weight_decay)
@@ -376,7 +532,8 @@ def _single_tensor_dals(
             trust_clip,
         )
         momentum_buffer.mul_(momentum).add_(blended)
-        param.addcmul_(momentum_buffer, ratio.to(param.dtype), value=-lr)
+        # The step size r * (-lr) is formed first, as in the multi-tensor path, so both round alike.
+        param.addcmul_(momentum_buffer, (ratio * -lr).to(param.dtype))
         ratios.append(ratio.float().to(params[0].device))
     return torch.stack(ratios).mean()
 
@@ -384,47 +541,4 @@ def _single_tensor_dals(
 def _use_foreach(requested: bool | None, params: list[Tensor]) -> bool:
     if requested is not None:
         return requested
-    from torch.distributed.tensor import DTensor
-
-    return not any(isinstance(p, DTensor) for p in params)
-
-
-def _multi_tensor_dals(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor],
-    slow_grads: list[Tensor],
-    *,
-    weights: Tensor,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    trust_coefficient: float,
-    trust_clip: tuple[float, float] | None,
-) -> Tensor:
-    """Apply the DALS update with multi-tensor kernels, one call per device and dtype.
-
-    Returns the mean trust ratio of the tensors.
-    """
-    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, momentum_buffers, slow_grads])
-    all_ratios = []
-    for (device_params, device_grads, device_momenta, device_slows), _ in grouped.values():
-        dtype_weights = weights.to(device=device_params[0].device, dtype=device_params[0].dtype)
-        filter_weight, raw_weight, _ = dtype_weights.unbind()
-
-        torch._foreach_lerp_(device_slows, device_grads, 1 - filter_weight)
-        blended = torch._foreach_lerp(device_slows, device_grads, raw_weight)
-        if weight_decay != 0:
-            torch._foreach_add_(blended, device_params, alpha=weight_decay)
-
-        ratios = trust_ratio(
-            torch.stack(torch._foreach_norm(device_params)),
-            torch.stack(torch._foreach_norm(blended)),
-            trust_coefficient,
-            trust_clip,
-        )
-        torch._foreach_mul_(device_momenta, momentum)
-        torch._foreach_add_(device_momenta, blended)
-        torch._foreach_addcmul_(device_params, device_momenta, ratios.unbind(), value=-lr)
-        all_ratios.append(ratios.float().to(params[0].device))
-    return torch.cat(all_ratios).mean()
+    return DTensor is None or not any(isinstance(p, DTensor) for p in params)
