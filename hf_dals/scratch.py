@@ -371,6 +371,7 @@ def _prepare_trec_scratch(args: ScratchArguments) -> PreparedTask:
         test=tokenized["test"],
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
+        hub_dataset="CogComp/trec",
     )
 
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .training_args import DALSTrainingArguments
 
 __all__ = [
+    "GENERATIONS",
     "REGIMES",
     "Strategy",
     "TUNABLE_HYPERPARAMETERS",
@@ -42,6 +43,15 @@ __all__ = [
 ]
 
 REGIMES = ("finetune", "scratch")
+
+# The five generations of the taxonomy of arXiv:2604.27295, for tables and model cards.
+GENERATIONS = {
+    1: "fixed learning rate",
+    2: "global schedules",
+    3: "per-parameter adaptive methods",
+    4: "layer-wise methods",
+    5: "joint layer-time methods",
+}
 
 # Hyperparameters a strategy may take from DALSTrainingArguments. A value of None in the
 # arguments means "use the strategy's default for the training regime".

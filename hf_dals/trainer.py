@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import Trainer
 
 from .grouping import check_param_coverage
+from .modelcard import final_metrics, strategy_section, update_model_card
 from .strategies import Strategy, get_strategy
 from .training_args import DALSTrainingArguments
 
@@ -33,7 +35,8 @@ def unwrap_optimizer(optimizer):
 class DALSTrainer(Trainer):
     """A drop-in ``Trainer`` that builds its optimizer and scheduler from ``args.lr_strategy``.
 
-    Only ``create_optimizer``, ``create_scheduler``, ``training_step`` and ``log`` are overridden:
+    Only ``create_optimizer``, ``create_scheduler``, ``training_step``, ``log`` and
+    ``create_model_card`` are overridden:
 
     * ``create_optimizer`` puts every trainable parameter into depth-aware groups (for the
       strategies that use them), builds the strategy's optimizer and checks that every trainable
@@ -45,7 +48,11 @@ class DALSTrainer(Trainer):
       forward/backward pass of each step, over all micro-batches of the step (bf16 or full
       precision; fp16 and DeepSpeed raise ``NotImplementedError``).
     * ``log`` adds the learning rate of every depth (``lr/embeddings``, ``lr/layer_3``, ``lr/head``)
-      and the DALS phase to Trainer's own ``learning_rate``, which is group 0 only.
+      to Trainer's own ``learning_rate``, which is group 0 only. For DALS it also adds the phase
+      (``dals_phase``) and the mean trust ratio of every depth (``trust_ratio/layer_3``). Every
+      ``report_to`` logger (TensorBoard, W&B, ...) receives these keys every ``logging_steps``.
+    * ``create_model_card`` writes Trainer's card and adds a "Learning-rate strategy" section and
+      the tags ``hf-dals`` and the strategy name (see :mod:`hf_dals.modelcard`).
 
     ``lr_strategy="hf_default"`` runs Trainer's own ``create_optimizer`` and ``create_scheduler``,
     so it behaves exactly like plain ``Trainer``.
@@ -176,10 +183,85 @@ class DALSTrainer(Trainer):
                 out.setdefault(f"lr/{depth_name}", float(lr))
         return out
 
+    def depth_trust_ratios(self) -> dict[str, float]:
+        """Return ``{"trust_ratio/<depth name>": mean}`` for DALS at the last optimizer step.
+
+        The mean is over the tensors of the depth: each group's mean trust ratio is weighted by
+        the number of tensors in the group. Other optimizers return ``{}``. Reading the values
+        synchronises the device, so call it at logging time only.
+        """
+        optimizer = unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
+        means = getattr(optimizer, "last_trust_ratio_mean", None)
+        if not means:
+            return {}
+        totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for index, mean in means.items():
+            group = optimizer.param_groups[index]
+            name = group.get("depth_name") or group.get("name") or f"group_{index}"
+            count = len(group["params"])
+            totals[name] = totals.get(name, 0.0) + float(mean) * count
+            counts[name] = counts.get(name, 0) + count
+        return {f"trust_ratio/{name}": totals[name] / counts[name] for name in totals}
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             logs = {**logs, **self.depth_learning_rates()}
             optimizer = unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
             if optimizer is not None and hasattr(optimizer, "phase"):
                 logs["dals_phase"] = optimizer.phase
+            logs.update(self.depth_trust_ratios())
         super().log(logs, start_time)
+
+    # -- model card ------------------------------------------------------------------------------
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Write Trainer's model card to ``output_dir/README.md`` and add the learning-rate strategy.
+
+        The arguments are Trainer's. The tags ``hf-dals`` and the strategy name are added to
+        ``tags``. The added section lists the strategy, its resolved hyperparameters, the
+        optimizer's parameter groups and the last validation (``eval_*``) and test (``test_*``)
+        metrics in ``state.log_history``, so create the card after the final ``evaluate`` calls.
+        ``push_to_hub`` calls this method before it uploads.
+        """
+        merged_tags = [tags] if isinstance(tags, str) else list(tags or [])
+        for tag in ("hf-dals", self.args.lr_strategy):
+            if tag not in merged_tags:
+                merged_tags.append(tag)
+        super().create_model_card(
+            language=language,
+            license=license,
+            tags=merged_tags,
+            model_name=model_name,
+            finetuned_from=finetuned_from,
+            tasks=tasks,
+            dataset_tags=dataset_tags,
+            dataset=dataset,
+            dataset_args=dataset_args,
+        )
+        if not self.is_world_process_zero():
+            return
+
+        strategy = self.strategy
+        optimizer = unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
+        resolved = self.args.strategy_hyperparameters()
+        section = strategy_section(
+            strategy,
+            training_regime=self.args.training_regime,
+            hyperparameters={name: resolved[name] for name in strategy.hyperparameter_names if name in resolved},
+            optimizer_name=None if optimizer is None else f"{type(optimizer).__module__}.{type(optimizer).__name__}",
+            param_groups=None if self.optimizer is None else self.optimizer.param_groups,
+            metrics=final_metrics(self.state.log_history),
+        )
+        update_model_card(Path(self.args.output_dir) / "README.md", section, strategy=strategy)

@@ -118,6 +118,14 @@ class DALSTrainingArguments(TrainingArguments):
             self.weight_decay = defaults.get("weight_decay", 0.0)
         super().__post_init__()
 
+    def __getstate__(self) -> dict:
+        # Trainer pickles the arguments into training_args.bin, which push_to_hub uploads, and
+        # TrainingArguments keeps hub_token in clear text. Pickled (and copied) arguments carry
+        # no token, so a token given with --hub_token never reaches the Hub or a checkpoint.
+        state = self.__dict__.copy()
+        state["hub_token"] = None
+        return state
+
     def strategy_hyperparameters(self) -> dict:
         """Return the resolved hyperparameters of the chosen strategy."""
         return get_strategy(self.lr_strategy).hyperparameters(self)

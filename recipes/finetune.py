@@ -16,6 +16,12 @@ copy in ``hf_dals/data/trec``) and the packaged all-MiniLM-L6-v2 weights:
 
 Every ``TrainingArguments`` option works, and ``accelerate launch recipes/finetune.py ...`` runs
 it on several processes unchanged. ``--help`` lists the hf-dals options.
+
+``OUTPUT_DIR/README.md`` is the model card, with a "Learning-rate strategy" section. To upload
+the model and its card, log in (``hf auth login`` or ``HF_TOKEN``) and add Trainer's options:
+
+    python recipes/finetune.py --task trec --lr_strategy dals --output_dir outputs/trec-dals \
+        --push_to_hub --hub_model_id USER/minilm-trec-dals
 """
 
 from __future__ import annotations

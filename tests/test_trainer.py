@@ -163,3 +163,61 @@ def test_every_trainable_parameter_is_in_the_optimizer(tmp_path):
     trainer.train()
     in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     assert in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_dals_logs_trust_ratio_per_depth(tmp_path):
+    trainer = DALSTrainer(
+        model=tiny_bert(num_layers=2),
+        args=dals_args(tmp_path, lr_strategy="dals", max_steps=4, logging_steps=2),
+        train_dataset=RandomTokens(),
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    optimizer = unwrap_optimizer(trainer.optimizer)
+    head_groups = [i for i, g in enumerate(optimizer.param_groups) if g["depth_name"] == "head"]
+    counts = [len(optimizer.param_groups[i]["params"]) for i in head_groups]
+    means = [float(optimizer.last_trust_ratio_mean[i]) for i in head_groups]
+    expected = sum(c * m for c, m in zip(counts, means)) / sum(counts)
+    assert len(logs) == 2
+    assert logs[-1]["trust_ratio/head"] == pytest.approx(expected, rel=1e-6)
+    assert {"trust_ratio/embeddings", "trust_ratio/layer_0", "trust_ratio/layer_1"} <= set(logs[0])
+    # With the default trust clip (0.2, 5.0) every mean lies inside the clip.
+    assert all(0.2 <= value <= 5.0 for entry in logs for key, value in entry.items() if key.startswith("trust_ratio/"))
+
+
+def test_non_dals_logs_no_trust_ratio(tmp_path):
+    trainer = DALSTrainer(
+        model=tiny_bert(num_layers=2),
+        args=dals_args(tmp_path, lr_strategy="llrd_adamw", max_steps=2),
+        train_dataset=RandomTokens(),
+    )
+    trainer.train()
+    logged_keys = {key for h in trainer.state.log_history for key in h}
+    assert "lr/head" in logged_keys
+    assert not [key for key in logged_keys if key.startswith("trust_ratio/")]
+
+
+def test_tensorboard_receives_depth_lr_phase_and_trust_ratio(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = DALSTrainer(
+        model=tiny_bert(num_layers=2),
+        args=dals_args(tmp_path, lr_strategy="dals", max_steps=6, logging_steps=2, report_to=["tensorboard"]),
+        train_dataset=RandomTokens(),
+    )
+    trainer.train()
+    event_files = list(tmp_path.glob("runs/*/events.out.tfevents.*"))
+    assert len(event_files) == 1
+    events = EventAccumulator(str(event_files[0].parent))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    depths = ("embeddings", "layer_0", "layer_1", "head")
+    assert {f"train/lr/{depth}" for depth in depths} <= tags
+    assert {f"train/trust_ratio/{depth}" for depth in depths} <= tags
+    assert "train/dals_phase" in tags
+    # One value every logging_steps.
+    assert [event.step for event in events.Scalars("train/lr/head")] == [2, 4, 6]
+    assert [event.step for event in events.Scalars("train/trust_ratio/layer_1")] == [2, 4, 6]
+    logged = [h["lr/head"] for h in trainer.state.log_history if "loss" in h]
+    assert [event.value for event in events.Scalars("train/lr/head")] == pytest.approx(logged, rel=1e-6)

@@ -97,3 +97,19 @@ def test_cli_unknown_strategy_lists_names(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "invalid choice: 'adamx'" in error
     assert "dals_fast" in error
+
+
+def test_pickled_arguments_drop_hub_token(tmp_path):
+    import io
+
+    import torch
+
+    args = make(tmp_path, lr_strategy="dals", hub_token="hf_exampletoken0123456789")
+    buffer = io.BytesIO()
+    torch.save(args, buffer)
+    assert b"hf_exampletoken0123456789" not in buffer.getvalue()
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=False)
+    assert restored.hub_token is None
+    assert restored.lr_strategy == "dals"
+    assert args.hub_token == "hf_exampletoken0123456789"

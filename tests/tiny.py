@@ -78,3 +78,35 @@ class RandomVectors(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {"x": self.x[index], "labels": self.labels[index]}
+
+
+def save_tiny_bert_folder(path, num_layers: int = 2, seed: int = 0):
+    """Save a tiny pretrained-style BERT (no head) and a character-level WordPiece tokenizer to ``path``.
+
+    The folder loads with ``AutoModelForSequenceClassification`` and ``AutoTokenizer`` like a Hub
+    checkpoint, so recipes can fine-tune it offline in seconds. Returns ``path``.
+    """
+    import string
+    from pathlib import Path
+
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    characters = string.ascii_lowercase + string.digits + string.punctuation
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *characters, *(f"##{c}" for c in characters)]
+    vocab_file = path / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True).save_pretrained(path)
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(path)
+    return path
