@@ -131,15 +131,15 @@ _QUICK = Profile(
             "cifar10", epochs=6, batch_size=128, eval_batch_size=1000, test_samples=5000, targets=(0.4, 0.5)
         ),
         "rte": TaskSettings(
-            "rte", epochs=2, batch_size=16, train_samples=500, max_seq_length=128, targets=(0.55, 0.6),
+            "rte", epochs=2, batch_size=16, train_samples=300, max_seq_length=128, targets=(0.55, 0.6),
             lr_multiplier=_QUICK_SGD,
         ),
         "trec": TaskSettings(
-            "trec", epochs=3, batch_size=32, train_samples=1000, max_seq_length=64, targets=(0.8, 0.9),
+            "trec", epochs=3, batch_size=32, train_samples=800, max_seq_length=64, targets=(0.8, 0.9),
             lr_multiplier=_QUICK_SGD,
         ),
         "imdb": TaskSettings(
-            "imdb", epochs=2, batch_size=16, train_samples=500, eval_samples=300, test_samples=1000,
+            "imdb", epochs=2, batch_size=16, train_samples=400, eval_samples=200, test_samples=500,
             max_seq_length=128, targets=(0.7, 0.8), lr_multiplier=_QUICK_SGD,
         ),
     },  # fmt: skip
