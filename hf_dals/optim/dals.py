@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._distributed import full_tensor_norms, has_dtensor, local_tensors
 from ._functional import ema_filter_, phase_from_improvement, trust_ratio
 
 __all__ = ["DALS", "DALSVariant", "DALS_VARIANTS", "dals_phase_weights"]
@@ -138,14 +140,24 @@ class DALS(Optimizer):
         loss_ema_decay: decay of the loss EMA used for phase detection, in [0, 1).
         foreach: use the multi-tensor (``torch._foreach_*``) implementation, which groups the
             tensors of a parameter group by device and dtype and computes all their norms and
-            trust ratios at once. ``None`` (the default) uses it unless a parameter is sparse or
-            a DTensor; ``False`` runs the per-tensor reference implementation. Both give the same
-            result up to float rounding.
+            trust ratios at once. ``None`` (the default) and ``True`` use it; ``False`` runs the
+            per-tensor reference implementation. Both give the same result up to float rounding.
+
+    Sharded parameters (FSDP2's ``fully_shard``, or any ``DTensor`` that is sharded or
+    replicated) take the multi-tensor step on their local shards. The norms in the trust ratio
+    are still those of the full tensors: the squared shard norms are summed over the device mesh
+    with one ``all_reduce`` per parameter group and step
+    (:func:`hf_dals.optim._distributed.full_tensor_norms`). With ``foreach=False`` the per-tensor
+    step runs on the ``DTensor`` objects themselves. Its norms are also full-tensor norms, but
+    DTensor reduces each one separately, two collectives per tensor.
 
     State: ``momentum_buffer`` and ``slow_grad`` per parameter, each the size of the parameter
-    (twice the parameter memory in all), created at the first step in which the parameter has a
-    gradient. The phase, the loss EMA and whether it was initialised are 0-d tensors stored in
-    the state of the first parameter, so they are saved and restored with ``state_dict()``.
+    (twice the parameter memory in all; ``DTensor`` shards for a sharded parameter), created at
+    the first step in which the parameter has a gradient. The phase, the loss EMA and whether it
+    was initialised are 0-d plain tensors stored in the state of the first parameter, so they are
+    saved and restored with ``state_dict()``. They have the same value on every process as long
+    as every process observes the same loss (``DALSTrainer`` averages it over processes).
+    NOTE: saving them through FSDP2's distributed checkpoint (``Trainer`` with FSDP2) is untested.
     """
 
     def __init__(
@@ -327,7 +339,18 @@ class DALS(Optimizer):
 
             device = params[0].device
             weights = self._weight_table(group, device)[phase.to(device)]
-            update = _multi_tensor_dals if _use_foreach(group["foreach"], params) else _single_tensor_dals
+            layouts = None
+            if group["foreach"] is False:
+                update = _single_tensor_dals
+            elif has_dtensor(params):
+                # Step on the local shards; the norms are reduced over the mesh from the layouts.
+                layouts = params
+                params, grads, momentum_buffers, slow_grads = (
+                    local_tensors(tensors) for tensors in (params, grads, momentum_buffers, slow_grads)
+                )
+                update = functools.partial(_multi_tensor_dals, layouts=layouts)
+            else:
+                update = _multi_tensor_dals
             self.last_trust_ratio_mean[group_index] = update(
                 params,
                 grads,
@@ -381,14 +404,6 @@ def _single_tensor_dals(
     return torch.stack(ratios).mean()
 
 
-def _use_foreach(requested: bool | None, params: list[Tensor]) -> bool:
-    if requested is not None:
-        return requested
-    from torch.distributed.tensor import DTensor
-
-    return not any(isinstance(p, DTensor) for p in params)
-
-
 def _multi_tensor_dals(
     params: list[Tensor],
     grads: list[Tensor],
@@ -401,14 +416,19 @@ def _multi_tensor_dals(
     weight_decay: float,
     trust_coefficient: float,
     trust_clip: tuple[float, float] | None,
+    layouts: list[Tensor] | None = None,
 ) -> Tensor:
     """Apply the DALS update with multi-tensor kernels, one call per device and dtype.
 
-    Returns the mean trust ratio of the tensors.
+    With ``layouts`` (the ``DTensor`` parameters), the other lists hold their local shards and
+    the norms are those of the full tensors, reduced over the device mesh. Returns the mean
+    trust ratio of the tensors.
     """
-    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, momentum_buffers, slow_grads])
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, momentum_buffers, slow_grads], with_indices=layouts is not None
+    )
     all_ratios = []
-    for (device_params, device_grads, device_momenta, device_slows), _ in grouped.values():
+    for (device_params, device_grads, device_momenta, device_slows), indices in grouped.values():
         dtype_weights = weights.to(device=device_params[0].device, dtype=device_params[0].dtype)
         filter_weight, raw_weight, _ = dtype_weights.unbind()
 
@@ -417,12 +437,9 @@ def _multi_tensor_dals(
         if weight_decay != 0:
             torch._foreach_add_(blended, device_params, alpha=weight_decay)
 
-        ratios = trust_ratio(
-            torch.stack(torch._foreach_norm(device_params)),
-            torch.stack(torch._foreach_norm(blended)),
-            trust_coefficient,
-            trust_clip,
-        )
+        device_layouts = device_params if layouts is None else [layouts[index] for index in indices]
+        param_norms, update_norms = full_tensor_norms(device_layouts, device_params, blended)
+        ratios = trust_ratio(param_norms, update_norms, trust_coefficient, trust_clip)
         torch._foreach_mul_(device_momenta, momentum)
         torch._foreach_add_(device_momenta, blended)
         torch._foreach_addcmul_(device_params, device_momenta, ratios.unbind(), value=-lr)
