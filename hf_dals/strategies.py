@@ -26,7 +26,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from . import schedules
 from .grouping import decay_param_groups, depth_param_groups
-from .optim import DALS, GrokfastSGD, TwoPassSAM
+from .optim import DALS, LARS, GrokfastSGD, Lamb, TwoPassSAM
 
 if TYPE_CHECKING:
     from .training_args import DALSTrainingArguments
@@ -111,6 +111,9 @@ class Strategy:
         uses_depth_groups: parameters are grouped by depth (:func:`hf_dals.depth_param_groups`).
         needs_loss: the optimizer must be fed the training loss once per step (``observe_loss``).
         needs_two_passes: each step needs two forward/backward passes (SAM).
+        uses_tensor_norms: the optimizer scales each tensor's step by a ratio of norms of the whole
+            tensor (DALS, LARS, LAMB). Such norms are right on FSDP2 shards but not on the flat
+            shards of DeepSpeed and FSDP1, which :mod:`hf_dals.parallel` rejects.
         lr_family: ``"sgd"`` or ``"adam"``: which family's learning rates the strategy takes, so a
             benchmark can rescale one family's rates (SGD-type rates are 10-100x Adam-type ones).
         implementation: which code backs the optimizer, for the docs.
@@ -125,6 +128,7 @@ class Strategy:
     uses_depth_groups: bool = False
     needs_loss: bool = False
     needs_two_passes: bool = False
+    uses_tensor_norms: bool = False
     lr_family: str = "adam"
     implementation: str = ""
     delegates_to_trainer: bool = field(default=False, repr=False)
@@ -323,8 +327,6 @@ def _adabound(model: nn.Module, args: DALSTrainingArguments, hp: dict) -> Optimi
 
 
 def _lars(model: nn.Module, args: DALSTrainingArguments, hp: dict) -> Optimizer:
-    from pytorch_optimizer import LARS
-
     return LARS(
         _flat_groups(model, args, hp),
         lr=hp["learning_rate"],
@@ -334,8 +336,6 @@ def _lars(model: nn.Module, args: DALSTrainingArguments, hp: dict) -> Optimizer:
 
 
 def _lamb(model: nn.Module, args: DALSTrainingArguments, hp: dict) -> Optimizer:
-    from pytorch_optimizer import Lamb
-
     groups = _flat_groups(model, args, hp)
     for group in groups:
         # Biases and norm weights (the no-decay group) step like Adam, without a trust ratio.
@@ -674,7 +674,11 @@ _STRATEGIES = [
         build_scheduler=_constant_schedule,
         defaults=_sgd_defaults(SGD_FINETUNE_LR, 0.03, trust_coefficient=0.02),
         lr_family="sgd",
-        implementation="pytorch_optimizer.LARS (You et al. 2017; biases and norm weights take plain SGD steps)",
+        uses_tensor_norms=True,
+        implementation=(
+            "hf_dals.optim.LARS: pytorch_optimizer.LARS, plus a step for FSDP2 shards "
+            "(You et al. 2017; biases and norm weights take plain SGD steps)"
+        ),
     ),
     Strategy(
         name="lamb",
@@ -686,7 +690,11 @@ _STRATEGIES = [
             {"learning_rate": 1e-3, "weight_decay": FINETUNE_DECAY},
             {"learning_rate": 1e-2, "weight_decay": FINETUNE_DECAY},
         ),
-        implementation="pytorch_optimizer.Lamb (biases and norm weights take plain Adam steps)",
+        uses_tensor_norms=True,
+        implementation=(
+            "hf_dals.optim.Lamb: pytorch_optimizer.Lamb, plus a step for FSDP2 shards "
+            "(biases and norm weights take plain Adam steps)"
+        ),
     ),
     Strategy(
         name="discriminative",
@@ -819,6 +827,7 @@ _STRATEGIES = [
         uses_depth_groups=True,
         needs_loss=True,
         lr_family="sgd",
+        uses_tensor_norms=True,
         implementation="hf_dals.DALS",
     ),
     Strategy(
@@ -838,6 +847,7 @@ _STRATEGIES = [
         uses_depth_groups=True,
         needs_loss=True,
         lr_family="sgd",
+        uses_tensor_norms=True,
         implementation="hf_dals.DALS(variant='fast')",
     ),
     Strategy(
@@ -858,6 +868,7 @@ _STRATEGIES = [
         uses_depth_groups=True,
         needs_loss=True,
         lr_family="sgd",
+        uses_tensor_norms=True,
         implementation="hf_dals.DALS(variant='acc'), hf_dals.schedules.sgdr",
     ),
 ]

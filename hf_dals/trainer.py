@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
 
+from .checkpointing import check_strategy_record, write_strategy_record
 from .grouping import check_param_coverage
 from .modelcard import final_metrics, strategy_section, update_model_card
+from .parallel import check_deepspeed_config, check_fsdp_settings, load_deepspeed_config
 from .strategies import Strategy, get_strategy
 from .training_args import DALSTrainingArguments
 
@@ -35,8 +39,9 @@ def unwrap_optimizer(optimizer):
 class DALSTrainer(Trainer):
     """A drop-in ``Trainer`` that builds its optimizer and scheduler from ``args.lr_strategy``.
 
-    Only ``create_optimizer``, ``create_scheduler``, ``training_step``, ``log`` and
-    ``create_model_card`` are overridden:
+    ``create_optimizer``, ``create_scheduler``, ``training_step``, ``log``, ``create_model_card``
+    and ``train`` are overridden, plus the private ``_save_optimizer_and_scheduler`` of
+    transformers 5.x:
 
     * ``create_optimizer`` puts every trainable parameter into depth-aware groups (for the
       strategies that use them), builds the strategy's optimizer and checks that every trainable
@@ -53,6 +58,12 @@ class DALSTrainer(Trainer):
       ``report_to`` logger (TensorBoard, W&B, ...) receives these keys every ``logging_steps``.
     * ``create_model_card`` writes Trainer's card and adds a "Learning-rate strategy" section and
       the tags ``hf-dals`` and the strategy name (see :mod:`hf_dals.modelcard`).
+    * ``_save_optimizer_and_scheduler`` also writes ``hf_dals_strategy.json`` into each checkpoint,
+      and ``train(resume_from_checkpoint=...)`` raises ``ValueError`` when that checkpoint was
+      written with another ``lr_strategy`` (see :mod:`hf_dals.checkpointing`).
+
+    Building the trainer raises when a DeepSpeed or FSDP set-up would drop the strategy's groups or
+    schedule, or break its trust ratios (see :mod:`hf_dals.parallel`).
 
     ``lr_strategy="hf_default"`` runs Trainer's own ``create_optimizer`` and ``create_scheduler``,
     so it behaves exactly like plain ``Trainer``.
@@ -69,10 +80,66 @@ class DALSTrainer(Trainer):
         self._phase_loss: torch.Tensor | None = None
         self._step_group_lrs: list[float] | None = None
         self._two_pass_inputs: list[tuple] = []
+        self._check_parallel_setup()
 
     @property
     def strategy(self) -> Strategy:
         return get_strategy(self.args.lr_strategy)
+
+    # -- distributed set-ups and checkpoints ----------------------------------------------------
+
+    def _check_parallel_setup(self) -> None:
+        """Raise if DeepSpeed or FSDP would replace or break the strategy's optimizer or schedule."""
+        strategy = self.strategy
+        # hf_default is plain Trainer, and an optimizer passed to __init__ replaces the strategy's.
+        if strategy.delegates_to_trainer or self.optimizer is not None:
+            return
+        deepspeed_config = self._deepspeed_config()
+        if deepspeed_config is not None:
+            check_deepspeed_config(deepspeed_config, strategy)
+        fsdp_settings = self._fsdp_settings()
+        if fsdp_settings is not None:
+            check_fsdp_settings(*fsdp_settings, strategy)
+
+    def _deepspeed_config(self) -> dict | None:
+        # TrainingArguments(deepspeed=...) parses the config into hf_deepspeed_config; `accelerate
+        # launch` with a DeepSpeed config file puts it on the accelerator's DeepSpeed plugin instead.
+        parsed = getattr(self.args, "hf_deepspeed_config", None)
+        if parsed is not None:
+            return load_deepspeed_config(parsed)
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is not None and isinstance(getattr(plugin, "deepspeed_config", None), Mapping):
+            return load_deepspeed_config(plugin.deepspeed_config)
+        if self.args.deepspeed:
+            return load_deepspeed_config(self.args.deepspeed)
+        return None
+
+    def _fsdp_settings(self) -> tuple[int, bool] | None:
+        """Return ``(fsdp_version, use_orig_params)`` of the FSDP set-up, or ``None`` without FSDP."""
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if plugin is not None:
+            return int(getattr(plugin, "fsdp_version", 1)), bool(getattr(plugin, "use_orig_params", True))
+        # Without a distributed launch Accelerate makes no FSDP plugin, but the arguments still
+        # contain the requested set-up. Checking them fails early instead of on the cluster.
+        plugin_args = getattr(self.args, "fsdp_plugin_args", None)
+        if self.args.fsdp and plugin_args:
+            return int(plugin_args.get("fsdp_version", 2)), bool(plugin_args.get("use_orig_params", True))
+        return None
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """Train like ``Trainer.train``; first check that a resumed checkpoint has this ``lr_strategy``."""
+        checkpoint = resume_from_checkpoint
+        if isinstance(checkpoint, bool):
+            # True means the last checkpoint in output_dir; Trainer raises if there is none.
+            checkpoint = get_last_checkpoint(self.args.output_dir) if checkpoint else None
+        if checkpoint is not None:
+            check_strategy_record(checkpoint, self.args.lr_strategy)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            write_strategy_record(output_dir, self.args.lr_strategy, self.args.training_regime)
 
     # -- optimizer and scheduler -----------------------------------------------------------------
 
@@ -128,8 +195,11 @@ class DALSTrainer(Trainer):
             self._check_two_pass_support()
             self._two_pass_inputs.append((inputs, num_items_in_batch))
         if strategy.needs_loss:
-            # Trainer divides each micro-batch loss by the number of micro-batches, so the sum over
-            # the micro-batches of one optimizer step is that step's mean loss on this process.
+            # Trainer scales each micro-batch loss (by the number of micro-batches, or through
+            # num_items_in_batch) so that the sum over one optimizer step is that step's mean loss
+            # on this process. Heads that accept but ignore num_items_in_batch get a sum that many
+            # times too large (transformers issue 47688); the phase uses relative changes of the
+            # loss, so only an epoch's shorter last step is affected.
             loss_value = loss.detach().float()
             self._phase_loss = loss_value if self._phase_loss is None else self._phase_loss + loss_value
         if self.accelerator.sync_gradients:
@@ -137,10 +207,21 @@ class DALSTrainer(Trainer):
                 self._second_pass(model)
             optimizer = unwrap_optimizer(self.optimizer)
             if self._phase_loss is not None and hasattr(optimizer, "observe_loss"):
-                optimizer.observe_loss(self.accelerator.reduce(self._phase_loss, reduction="mean"))
+                optimizer.observe_loss(self._phase_loss_for_step(self._phase_loss))
             self._phase_loss = None
             self._step_group_lrs = [group["lr"] for group in self.optimizer.param_groups]
         return loss
+
+    def _phase_loss_for_step(self, local_loss: torch.Tensor) -> torch.Tensor:
+        """Return the loss that phase detection observes for this optimizer step.
+
+        ``local_loss`` is this process's mean loss over the step's micro-batches. The result is its
+        mean over all processes, so every data-parallel replica decides the same phase and takes
+        the same update. This is the only collective that ``DALSTrainer`` itself adds per step.
+        The distributed tests override it to return ``local_loss`` and show that the replicas
+        then drift apart.
+        """
+        return self.accelerator.reduce(local_loss, reduction="mean")
 
     def _check_two_pass_support(self) -> None:
         if self.is_deepspeed_enabled:

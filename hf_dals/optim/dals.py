@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -10,12 +11,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._distributed import full_tensor_norms, has_dtensor, local_tensors
 from ._functional import phase_from_improvement, trust_ratio
-
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # builds of torch without distributed support
-    DTensor = None
 
 __all__ = ["DALS", "DALSVariant", "DALS_VARIANTS", "dals_phase_weights"]
 
@@ -143,14 +140,24 @@ class DALS(Optimizer):
         loss_ema_decay: decay of the loss EMA used for phase detection, in [0, 1).
         foreach: use the multi-tensor (``torch._foreach_*``) implementation, which groups the
             tensors of a parameter group by device and dtype and computes all their norms and
-            trust ratios at once. ``None`` (the default) uses it unless a parameter is sparse or
-            a DTensor; ``False`` runs the per-tensor reference implementation. Both give the same
-            result up to float rounding.
+            trust ratios at once. ``None`` (the default) and ``True`` use it; ``False`` runs the
+            per-tensor reference implementation. Both give the same result up to float rounding.
+
+    Sharded parameters (FSDP2's ``fully_shard``, or any ``DTensor`` that is sharded or
+    replicated) take the multi-tensor step on their local shards. The norms in the trust ratio
+    are still those of the full tensors: the squared shard norms are summed over the device mesh
+    with one ``all_reduce`` per parameter group and step
+    (:func:`hf_dals.optim._distributed.full_tensor_norms`). With ``foreach=False`` the per-tensor
+    step runs on the ``DTensor`` objects themselves. Its norms are also full-tensor norms, but
+    DTensor reduces each one separately, two collectives per tensor.
 
     State: ``momentum_buffer`` and ``slow_grad`` per parameter, each the size of the parameter
-    (twice the parameter memory in all), created at the first step in which the parameter has a
-    gradient. The phase, the loss EMA and whether it was initialised are 0-d tensors stored in
-    the state of the first parameter, so they are saved and restored with ``state_dict()``.
+    (twice the parameter memory in all; ``DTensor`` shards for a sharded parameter), created at
+    the first step in which the parameter has a gradient. The phase, the loss EMA and whether it
+    was initialised are 0-d plain tensors stored in the state of the first parameter, so they are
+    saved and restored with ``state_dict()``. They have the same value on every process as long
+    as every process observes the same loss (``DALSTrainer`` averages it over processes).
+    NOTE: saving them through FSDP2's distributed checkpoint (``Trainer`` with FSDP2) is untested.
     """
 
     def __init__(
@@ -356,7 +363,16 @@ class DALS(Optimizer):
 
             device = params[0].device
             weights = self._weight_table(group, device)[phase.to(device)]
-            self._trust_ratio_means[group_index] = _single_tensor_dals(
+            if has_dtensor(params) and group["foreach"] is not False:
+                # Step on the local shards; the norms are reduced over the mesh from the layouts.
+                layouts = params
+                params, grads, momentum_buffers, slow_grads = (
+                    local_tensors(tensors) for tensors in (params, grads, momentum_buffers, slow_grads)
+                )
+                update = functools.partial(_sharded_multi_tensor_dals, layouts=layouts)
+            else:
+                update = _single_tensor_dals
+            self._trust_ratio_means[group_index] = update(
                 params,
                 grads,
                 momentum_buffers,
@@ -539,6 +555,46 @@ def _single_tensor_dals(
 
 
 def _use_foreach(requested: bool | None, params: list[Tensor]) -> bool:
-    if requested is not None:
-        return requested
-    return DTensor is None or not any(isinstance(p, DTensor) for p in params)
+    """Return whether the group steps in the batched multi-tensor path (plain tensors only)."""
+    return requested is not False and not has_dtensor(params)
+
+
+def _sharded_multi_tensor_dals(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    slow_grads: list[Tensor],
+    *,
+    weights: Tensor,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    trust_coefficient: float,
+    trust_clip: tuple[float, float] | None,
+    layouts: list[Tensor],
+) -> Tensor:
+    """Apply the DALS update to the local shards of one group's ``DTensor`` parameters.
+
+    ``layouts`` are the ``DTensor`` parameters and the other lists their local shards; the norms
+    are those of the full tensors, reduced over the device mesh in one collective for the group.
+    The elementwise operations are those of the other two paths. Returns the mean trust ratio.
+    """
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, momentum_buffers, slow_grads], with_indices=True
+    )
+    update_weight, raw_weight = 1 - weights[0], weights[1]
+    all_ratios = []
+    for (device_params, device_grads, device_momenta, device_slows), indices in grouped.values():
+        dtype = device_params[0].dtype
+        torch._foreach_lerp_(device_slows, device_grads, update_weight.to(dtype))
+        blended = torch._foreach_lerp(device_slows, device_grads, raw_weight.to(dtype))
+        if weight_decay != 0:
+            torch._foreach_add_(blended, device_params, alpha=weight_decay)
+
+        param_norms, update_norms = full_tensor_norms([layouts[index] for index in indices], device_params, blended)
+        ratios = trust_ratio(param_norms, update_norms, trust_coefficient, trust_clip)
+        torch._foreach_mul_(device_momenta, momentum)
+        torch._foreach_add_(device_momenta, blended)
+        torch._foreach_addcmul_(device_params, device_momenta, (ratios * -lr).unbind())
+        all_ratios.append(ratios.float().to(params[0].device))
+    return torch.cat(all_ratios).mean()
