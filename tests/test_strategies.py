@@ -315,3 +315,23 @@ def test_invalid_strategy_arguments(name, kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         args = args_for(name, tmp_path, **kwargs)
         get_strategy(name).build(tiny_bert(num_layers=2), args, num_training_steps=20)
+
+
+def test_grokfast_foreach_matches_per_tensor():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    twin = copy.deepcopy(model)
+    optimizers = [
+        GrokfastSGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3, alpha=0.9, lamb=2.0, foreach=foreach)
+        for net, foreach in ((model, False), (twin, True))
+    ]
+    for step in range(20):
+        x, y = torch.randn(8, 8), torch.randint(0, 3, (8,))
+        for net, optimizer in zip((model, twin), optimizers):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            if step % 5 == 4:
+                net[2].bias.grad = None  # a parameter without a gradient on some steps
+            optimizer.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert ((a - b).norm() / a.norm()).item() <= 1e-6
