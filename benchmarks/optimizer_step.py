@@ -15,10 +15,14 @@ steps are timed with CUDA events; on the CPU with ``time.perf_counter``.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import platform
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 
 import torch
@@ -100,58 +104,85 @@ def time_steps(step: Callable[[], None], *, warmup: int, steps: int, device: tor
     return statistics.median(durations)
 
 
-def optimizer_rows(model: nn.Module, *, warmup: int, steps: int, device: torch.device) -> list[dict]:
-    from pytorch_optimizer import LARS, Lamb
+def optimizer_candidates() -> dict[str, Callable[[nn.Module, list[nn.Parameter]], object]]:
+    """Return the optimizers to time, by table name: each builds from the model and its parameters."""
+    from hf_dals.optim import LARS, Lamb
 
-    model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    for param in params:
-        param.grad = (torch.randn(param.shape, generator=generator) * 1e-3).to(device)
-    param_bytes = sum(p.numel() * p.element_size() for p in params)
-    original = [p.detach().clone() for p in params]
-
-    def restore() -> None:
-        with torch.no_grad():
-            for param, value in zip(params, original):
-                param.copy_(value)
-
-    def groups() -> list[dict]:
+    def groups(model: nn.Module) -> list[dict]:
         try:
             return depth_param_groups(model, lr=1e-3, weight_decay=1e-4)
         except ValueError:
             return decay_param_groups(model, lr=1e-3, weight_decay=1e-4)
 
-    candidates: list[tuple[str, Callable[[], object]]] = [
-        ("torch AdamW (foreach)", lambda: torch.optim.AdamW(params, lr=1e-3, foreach=True)),
-        ("DALS (foreach)", lambda: DALS(groups(), lr=1e-3, foreach=True)),
-        ("DALS (per-tensor)", lambda: DALS(groups(), lr=1e-3, foreach=False)),
-        ("torch SGD momentum (foreach)", lambda: torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=True)),
-        ("LARS (pytorch_optimizer)", lambda: LARS(params, lr=1e-3, momentum=0.9, trust_coefficient=0.02)),
-        ("LAMB (pytorch_optimizer)", lambda: Lamb(params, lr=1e-3)),
-    ]
-    if device.type == "cuda":
-        candidates.insert(1, ("torch AdamW (fused)", lambda: torch.optim.AdamW(params, lr=1e-3, fused=True)))
-    rows = []
-    for name, build in candidates:
-        restore()
-        optimizer = build()
+    return {
+        "torch AdamW (foreach)": lambda model, params: torch.optim.AdamW(params, lr=1e-3, foreach=True),
+        "torch AdamW (fused)": lambda model, params: torch.optim.AdamW(params, lr=1e-3, fused=True),
+        "DALS (foreach)": lambda model, params: DALS(groups(model), lr=1e-3, foreach=True),
+        "DALS (per-tensor)": lambda model, params: DALS(groups(model), lr=1e-3, foreach=False),
+        "torch SGD momentum (foreach)": lambda model, params: torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=True),
+        "LARS (hf_dals.optim)": lambda model, params: LARS(params, lr=1e-3, momentum=0.9, trust_coefficient=0.02),
+        "LAMB (hf_dals.optim)": lambda model, params: Lamb(params, lr=1e-3),
+    }
+
+
+STRAIGHTFORWARD = "DALS, straightforward loop"
+MODELS: dict[str, Callable[[], nn.Module]] = {"bert_base": lambda: bert_base(), "many_small": lambda: ManySmallTensors()}
+
+
+def measure_optimizer(model_name: str, name: str, *, warmup: int, steps: int, device_name: str) -> dict:
+    """Time one optimizer on a fresh model with fixed random gradients; runs in its own process."""
+    device = torch.device(device_name)
+    model = MODELS[model_name]().to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    for param in params:
+        param.grad = (torch.randn(param.shape, generator=generator) * 1e-3).to(device)
+    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    if name == STRAIGHTFORWARD:
+        state: dict = {}
+        seconds = time_steps(lambda: straightforward_dals_step(params, state, lr=1e-3), warmup=warmup, steps=steps, device=device)
+    else:
+        optimizer = optimizer_candidates()[name](model, params)
         seconds = time_steps(optimizer.step, warmup=warmup, steps=steps, device=device)
-        rows.append({"name": name, "seconds": seconds, "state_bytes": state_bytes(optimizer.state), "param_bytes": param_bytes})
-        del optimizer
-    restore()
-    baseline_state: dict = {}
-    seconds = time_steps(
-        lambda: straightforward_dals_step(params, baseline_state, lr=1e-3), warmup=warmup, steps=steps, device=device
-    )
-    rows.append(
-        {"name": "DALS, straightforward loop", "seconds": seconds, "state_bytes": state_bytes(baseline_state), "param_bytes": param_bytes}
-    )
+        state = optimizer.state
+    return {"name": name, "seconds": seconds, "state_bytes": state_bytes(state), "param_bytes": param_bytes}
+
+
+def in_fresh_process(function: Callable, *args, **kwargs):
+    """Run ``function`` in a new Python process and return its result.
+
+    Each measurement gets its own process because the memory allocator keeps state between
+    optimizers: in one process, the step time of an optimizer changed by up to 20% with the
+    optimizer timed before it (measured on the CPU with the BERT-base set).
+    """
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *args, **kwargs).result()
+
+
+def optimizer_rows(model_name: str, *, warmup: int, steps: int, repeats: int, device: torch.device) -> list[dict]:
+    """Time every optimizer ``repeats`` times, each in a fresh process, in round-robin order."""
+    names = [name for name in optimizer_candidates() if device.type == "cuda" or "fused" not in name]
+    names.append(STRAIGHTFORWARD)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            runs[name].append(
+                in_fresh_process(measure_optimizer, model_name, name, warmup=warmup, steps=steps, device_name=str(device))
+            )
+    rows = []
+    for name, results in runs.items():
+        seconds = [result["seconds"] for result in results]
+        rows.append({**results[0], "seconds": statistics.median(seconds), "low": min(seconds), "high": max(seconds)})
     return rows
 
 
-def trainer_step_rows(*, steps: int, device: torch.device) -> list[dict]:
-    """Median time of a whole training step (forward, backward, optimizer, schedule) on MiniLM."""
+def measure_trainer_step(name: str, *, steps: int, device_name: str) -> dict:
+    """Return the median time of a whole training step (forward, backward, optimizer, schedule) on MiniLM.
+
+    ``name`` is one of ``TRAINERS``; this runs in its own process.
+    """
+    device = torch.device(device_name)
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -201,17 +232,30 @@ def trainer_step_rows(*, steps: int, device: torch.device) -> list[dict]:
         use_cpu=device.type == "cpu",
         seed=0,
     )
-    rows = []
-    for name, trainer_cls, args in (
-        ("Trainer, default AdamW (fused)", Trainer, TrainingArguments(**common)),
-        ("DALSTrainer, lr_strategy=dals", DALSTrainer, DALSTrainingArguments(lr_strategy="dals", **common)),
-    ):
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=6)
-        timer = StepTimer()
-        trainer = trainer_cls(model=model, args=args, train_dataset=dataset, callbacks=[timer])
-        trainer.train()
-        rows.append({"name": name, "seconds": statistics.median(timer.durations[5:])})
-    return rows
+    if name == TRAINERS[0]:
+        trainer_cls, args = Trainer, TrainingArguments(**common)
+    else:
+        trainer_cls, args = DALSTrainer, DALSTrainingArguments(lr_strategy="dals", **common)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=6)
+    timer = StepTimer()
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, callbacks=[timer])
+    trainer.train()
+    return {"name": name, "seconds": statistics.median(timer.durations[5:])}
+
+
+TRAINERS = ("Trainer, default AdamW (fused)", "DALSTrainer, lr_strategy=dals")
+
+
+def trainer_step_rows(*, steps: int, repeats: int, device: torch.device) -> list[dict]:
+    """Time both trainers ``repeats`` times, each in a fresh process, in round-robin order."""
+    runs: dict[str, list[float]] = {name: [] for name in TRAINERS}
+    for _ in range(repeats):
+        for name in TRAINERS:
+            runs[name].append(in_fresh_process(measure_trainer_step, name, steps=steps, device_name=str(device))["seconds"])
+    return [
+        {"name": name, "seconds": statistics.median(seconds), "low": min(seconds), "high": max(seconds)}
+        for name, seconds in runs.items()
+    ]
 
 
 def machine_line(device: torch.device) -> str:
@@ -232,15 +276,16 @@ def optimizer_table(title: str, rows: list[dict]) -> list[str]:
     lines = [
         f"### {title}",
         "",
-        "| optimizer | median step (ms) | ratio to AdamW (foreach) | state (MB) | state / parameter bytes |",
-        "|---|---:|---:|---:|---:|",
+        "| optimizer | median step (ms) | range over processes (ms) | ratio to AdamW (foreach) | state (MB) | state / parameter bytes |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['name']} | {1000 * row['seconds']:.2f} | {row['seconds'] / reference:.2f} | "
+            f"| {row['name']} | {1000 * row['seconds']:.2f} | {1000 * row['low']:.2f} to {1000 * row['high']:.2f} | "
+            f"{row['seconds'] / reference:.2f} | "
             f"{row['state_bytes'] / 2**20:.1f} | {row['state_bytes'] / row['param_bytes']:.3f} |"
         )
-    straightforward = next(row["seconds"] for row in rows if row["name"] == "DALS, straightforward loop")
+    straightforward = next(row["seconds"] for row in rows if row["name"] == STRAIGHTFORWARD)
     fast = next(row["seconds"] for row in rows if row["name"] == "DALS (foreach)")
     lines += ["", f"DALS (foreach) is {straightforward / fast:.1f}x faster than the straightforward loop.", ""]
     return lines
@@ -250,29 +295,37 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps before timing.")
-    parser.add_argument("--steps", type=int, default=20, help="Timed steps; the median is reported.")
+    parser.add_argument("--steps", type=int, default=20, help="Timed steps per process; their median is the process's time.")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="Fresh processes per optimizer; the table shows the median over them and the range."
+    )
     parser.add_argument("--skip_trainer", action="store_true", help="Do not time the whole training step on MiniLM.")
-    parser.add_argument("--output", help="Markdown file to write the tables to (they are printed too).")
+    parser.add_argument("--output", help="Markdown file to append the tables to (they are printed too).")
     options = parser.parse_args(argv)
     device = torch.device(options.device)
 
-    lines = [f"## Optimizer step, {options.device}", "", machine_line(device), ""]
-    for title, model in (("BERT-base-sized model", bert_base()), ("1,000 small tensors", ManySmallTensors())):
+    command = shlex.join(["python", "benchmarks/optimizer_step.py", *(argv if argv is not None else sys.argv[1:])])
+    lines = [f"## Optimizer step, {options.device}", "", f"Command: `{command}`", "", machine_line(device), ""]
+    for title, model_name in (("BERT-base-sized model", "bert_base"), ("1,000 small tensors", "many_small")):
+        model = MODELS[model_name]()
         count = sum(1 for _ in model.parameters())
         size = sum(p.numel() for p in model.parameters())
-        rows = optimizer_rows(model, warmup=options.warmup, steps=options.steps, device=device)
-        lines += optimizer_table(f"{title}: {size / 1e6:.1f}M parameters in {count} tensors", rows)
         del model
+        rows = optimizer_rows(model_name, warmup=options.warmup, steps=options.steps, repeats=options.repeats, device=device)
+        lines += optimizer_table(f"{title}: {size / 1e6:.1f}M parameters in {count} tensors", rows)
     if not options.skip_trainer:
-        rows = trainer_step_rows(steps=options.steps, device=device)
+        rows = trainer_step_rows(steps=options.steps, repeats=options.repeats, device=device)
         lines += [
             "### One training step on all-MiniLM-L6-v2 (batch 32, 32 tokens)",
             "",
-            "| trainer | median step (ms) | ratio to Trainer |",
-            "|---|---:|---:|",
+            "| trainer | median step (ms) | range over processes (ms) | ratio to Trainer |",
+            "|---|---:|---:|---:|",
         ]
         for row in rows:
-            lines.append(f"| {row['name']} | {1000 * row['seconds']:.1f} | {row['seconds'] / rows[0]['seconds']:.3f} |")
+            lines.append(
+                f"| {row['name']} | {1000 * row['seconds']:.1f} | {1000 * row['low']:.1f} to {1000 * row['high']:.1f} | "
+                f"{row['seconds'] / rows[0]['seconds']:.3f} |"
+            )
         lines.append("")
     text = "\n".join(lines)
     print(text)

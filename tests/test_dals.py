@@ -353,6 +353,23 @@ def test_state_is_two_buffers_per_parameter():
         assert all(v.dtype == p.dtype for v in buffers.values())
 
 
+def test_momentum_buffer_keeps_layout_over_steps():
+    # The multi-tensor step replaces each momentum buffer with a new tensor every step.
+    conv = torch.nn.Parameter(torch.randn(4, 3, 2, 2).to(memory_format=torch.channels_last))
+    half = torch.nn.Parameter(torch.randn(6, dtype=torch.bfloat16))
+    optimizer = DALS([conv, half], foreach=True)
+    for _ in range(3):
+        for p in (conv, half):
+            p.grad = torch.randn_like(p)
+        optimizer.step()
+    for p in (conv, half):
+        buffer = optimizer.state[p]["momentum_buffer"]
+        assert buffer.dtype == p.dtype
+        assert buffer.shape == p.shape
+        assert buffer.stride() == p.stride()
+        assert buffer.data_ptr() not in (p.data_ptr(), p.grad.data_ptr(), optimizer.state[p]["slow_grad"].data_ptr())
+
+
 def test_step_never_reads_tensor_values_on_host(monkeypatch):
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
     optimizer = DALS(model.parameters(), lr=0.05)

@@ -16,10 +16,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["full_tensor_norms", "has_dtensor", "local_tensors"]
+__all__ = ["dtensor_class", "full_tensor_norms", "has_dtensor", "local_tensors"]
 
 
-def _dtensor_type():
+@functools.cache
+def dtensor_class() -> type:
+    """Return ``torch.distributed.tensor.DTensor``, imported on first use."""
     from torch.distributed.tensor import DTensor
 
     return DTensor
@@ -27,7 +29,7 @@ def _dtensor_type():
 
 def has_dtensor(tensors: Sequence[Tensor]) -> bool:
     """Return whether any of ``tensors`` is a ``DTensor``."""
-    dtensor = _dtensor_type()
+    dtensor = dtensor_class()
     return any(isinstance(tensor, dtensor) for tensor in tensors)
 
 
@@ -37,7 +39,7 @@ def local_tensors(tensors: Sequence[Tensor]) -> list[Tensor]:
     The shards share storage with the ``DTensor``, so in-place updates of a shard update the
     parameter or the optimizer state.
     """
-    dtensor = _dtensor_type()
+    dtensor = dtensor_class()
     return [tensor.to_local() if isinstance(tensor, dtensor) else tensor for tensor in tensors]
 
 
@@ -47,7 +49,7 @@ def _reduction_groups(tensor: Tensor) -> tuple:
     One group per mesh dimension along which ``tensor`` is split (``Shard``, and the strided
     shards of FSDP2 combined with tensor parallelism); replicated dimensions add nothing.
     """
-    if not isinstance(tensor, _dtensor_type()):
+    if not isinstance(tensor, dtensor_class()):
         return ()
     groups = []
     for mesh_dim, placement in enumerate(tensor.placements):

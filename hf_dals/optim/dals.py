@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._distributed import full_tensor_norms, has_dtensor, local_tensors
+from ._distributed import dtensor_class, full_tensor_norms, local_tensors
 from ._functional import phase_from_improvement, trust_ratio
 
 __all__ = ["DALS", "DALSVariant", "DALS_VARIANTS", "dals_phase_weights"]
@@ -339,12 +339,15 @@ class DALS(Optimizer):
         phase = self._global_state()["phase"]
         self._trust_ratio_means = {}
         self._trust_ratio_vector = None
-        batch: list[tuple[int, list[Tensor], list[Tensor], list[Tensor], list[Tensor]]] = []
+        batch: list[tuple[int, list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[dict]]] = []
+        dtensor_type = dtensor_class()
         for group_index, group in enumerate(self.param_groups):
-            params, grads, momentum_buffers, slow_grads = [], [], [], []
+            params, grads, momentum_buffers, slow_grads, states = [], [], [], [], []
+            sharded = False
             for param in group["params"]:
                 if param.grad is None:
                     continue
+                sharded = sharded or isinstance(param, dtensor_type)
                 if param.grad.is_sparse:
                     raise RuntimeError("DALS does not support sparse gradients")
                 state = self.state[param]
@@ -355,15 +358,17 @@ class DALS(Optimizer):
                 grads.append(param.grad)
                 momentum_buffers.append(state["momentum_buffer"])
                 slow_grads.append(state["slow_grad"])
+                states.append(state)
             if not params:
                 continue
-            if _use_foreach(group["foreach"], params):
-                batch.append((group_index, params, grads, momentum_buffers, slow_grads))
+            if group["foreach"] is not False and not sharded:
+                # The batched multi-tensor path takes plain tensors only.
+                batch.append((group_index, params, grads, momentum_buffers, slow_grads, states))
                 continue
 
             device = params[0].device
             weights = self._weight_table(group, device)[phase.to(device)]
-            if has_dtensor(params) and group["foreach"] is not False:
+            if sharded and group["foreach"] is not False:
                 # Step on the local shards; the norms are reduced over the mesh from the layouts.
                 layouts = params
                 params, grads, momentum_buffers, slow_grads = (
@@ -391,15 +396,18 @@ class DALS(Optimizer):
     def _multi_tensor_step(self, batch: list[tuple], phase: Tensor) -> None:
         """Update the tensors of all groups in ``batch`` together, one set of kernels per device and dtype.
 
-        Per-group values enter as per-tensor lists: the learning rate, momentum and weight decay as
-        Python scalars (the learning rate changes every step), the filter and blend weights, the
-        trust coefficient and the clip bounds as device tensors built once and cached.
+        The learning rate, momentum and weight decay enter as Python scalars, one multi-tensor call
+        per distinct value (the learning rate changes every step). The filter and blend weights,
+        the trust coefficient and the clip bounds are per-tensor device tensors, built once and cached.
         """
-        owners = [group_index for group_index, params, *_ in batch for _ in params]
-        params = [p for _, group_params, *_ in batch for p in group_params]
-        grads = [g for _, _, group_grads, *_ in batch for g in group_grads]
-        momenta = [m for *_, group_momenta, _ in batch for m in group_momenta]
-        slows = [s for *_, group_slows in batch for s in group_slows]
+        owners, params, grads, momenta, slows, states = [], [], [], [], [], []
+        for group_index, group_params, group_grads, group_momenta, group_slows, group_states in batch:
+            owners += [group_index] * len(group_params)
+            params += group_params
+            grads += group_grads
+            momenta += group_momenta
+            slows += group_slows
+            states += group_states
         groups = self.param_groups
 
         buckets = Optimizer._group_tensors_by_device_and_dtype([params, grads, momenta, slows], with_indices=True)
@@ -421,11 +429,17 @@ class DALS(Optimizer):
                 tables.coefficients,
                 (tables.clip_low, tables.clip_high),
             )
-            torch._foreach_mul_(bucket_momenta, [groups[g]["momentum"] for g in bucket_owners])
-            torch._foreach_add_(bucket_momenta, blended)
-            tables.steps.copy_(ratios)
-            torch._foreach_mul_(tables.step_views, [-groups[g]["lr"] for g in bucket_owners])
-            torch._foreach_addcmul_(bucket_params, bucket_momenta, tables.step_views)
+            # The new momentum m' = blended + momentum * m is formed in the blended tensors, which
+            # then replace the old buffers in the state: one pass over memory instead of two.
+            for value, chosen in _indices_by_value([groups[g]["momentum"] for g in bucket_owners]):
+                torch._foreach_add_(_pick(blended, chosen), _pick(bucket_momenta, chosen), alpha=value)
+            for index, new_momentum in zip(indices, blended):
+                states[index]["momentum_buffer"] = new_momentum
+            tables.ratios.copy_(ratios)
+            for value, chosen in _indices_by_value([groups[g]["lr"] for g in bucket_owners]):
+                torch._foreach_addcmul_(
+                    _pick(bucket_params, chosen), _pick(blended, chosen), _pick(tables.ratio_views, chosen), value=-value
+                )
 
             bucket_sums = torch.zeros(len(positions), dtype=torch.float32, device=device)
             bucket_sums.index_add_(0, tables.owner_positions, ratios.float())
@@ -458,8 +472,8 @@ class _BucketTables:
     ``by_phase`` has shape (tensors, phases, 2): the filter update weight ``1 - alpha`` and the
     raw-gradient weight. ``weights`` receives the current phase's rows each step; ``filter_views``
     and ``raw_views`` are one-element views into it, so the multi-tensor kernels read per-tensor
-    weights without a list being rebuilt. ``steps`` and ``step_views`` do the same for the step
-    sizes ``-lr * r``. Without clipping the bounds are 0 and infinity.
+    weights without a list being rebuilt. ``ratios`` and ``ratio_views`` do the same for the trust
+    ratios. Without clipping the bounds are 0 and infinity.
     """
 
     by_phase: Tensor
@@ -469,8 +483,8 @@ class _BucketTables:
     coefficients: Tensor
     clip_low: Tensor
     clip_high: Tensor
-    steps: Tensor
-    step_views: list[Tensor]
+    ratios: Tensor
+    ratio_views: list[Tensor]
     owner_positions: Tensor
     counts: Tensor
 
@@ -484,7 +498,7 @@ class _BucketTables:
             [[[1.0 - row[0], row[1]] for row in rows[g]] for g in owners], dtype=table_dtype, device=device
         ).to(dtype)
         weights = torch.empty(len(owners), 2, dtype=dtype, device=device)
-        steps = torch.empty(len(owners), dtype=dtype, device=device)
+        ratios = torch.empty(len(owners), dtype=dtype, device=device)
         clips = [groups[g]["trust_clip"] or (0.0, math.inf) for g in owners]
         owner_positions = torch.tensor([positions[g] for g in owners], dtype=torch.long, device=device)
         counts = torch.zeros(len(positions), dtype=torch.float32, device=device)
@@ -497,20 +511,35 @@ class _BucketTables:
             coefficients=torch.tensor([groups[g]["trust_coefficient"] for g in owners], dtype=table_dtype, device=device).to(dtype),
             clip_low=torch.tensor([c[0] for c in clips], dtype=table_dtype, device=device).to(dtype),
             clip_high=torch.tensor([c[1] for c in clips], dtype=table_dtype, device=device).to(dtype),
-            steps=steps,
-            step_views=[steps[i] for i in range(len(owners))],
+            ratios=ratios,
+            ratio_views=[ratios[i] for i in range(len(owners))],
             owner_positions=owner_positions,
             counts=counts,
         )
 
 
+def _indices_by_value(values: list[float]) -> list[tuple[float, list[int] | None]]:
+    """Group tensor positions by a per-tensor hyperparameter, so each value is one multi-tensor call.
+
+    A Python scalar per call is much cheaper than a list of scalars: on the CPU,
+    ``torch._foreach_mul_(tensors, scalars)`` runs several operations per tensor. ``None`` stands
+    for all positions (the usual case of one value).
+    """
+    distinct = list(dict.fromkeys(values))
+    if len(distinct) == 1:
+        return [(distinct[0], None)]
+    return [(value, [i for i, v in enumerate(values) if v == value]) for value in distinct]
+
+
+def _pick(tensors: list[Tensor], chosen: list[int] | None) -> list[Tensor]:
+    return tensors if chosen is None else [tensors[i] for i in chosen]
+
+
 def _add_weight_decay(blended: list[Tensor], params: list[Tensor], weight_decays: list[float]) -> None:
     """Add ``weight_decay * param`` to each blended gradient, one multi-tensor call per decay value."""
-    for value in dict.fromkeys(weight_decays):
-        if value == 0:
-            continue
-        chosen = [i for i, decay in enumerate(weight_decays) if decay == value]
-        torch._foreach_add_([blended[i] for i in chosen], [params[i] for i in chosen], alpha=value)
+    for value, chosen in _indices_by_value(weight_decays):
+        if value != 0:
+            torch._foreach_add_(_pick(blended, chosen), _pick(params, chosen), alpha=value)
 
 
 def _single_tensor_dals(
@@ -547,16 +576,11 @@ def _single_tensor_dals(
             trust_coefficient,
             trust_clip,
         )
-        momentum_buffer.mul_(momentum).add_(blended)
-        # The step size r * (-lr) is formed first, as in the multi-tensor path, so both round alike.
-        param.addcmul_(momentum_buffer, (ratio * -lr).to(param.dtype))
+        # m' = blended + momentum * m and p' = p - lr * (m' * r), rounded as in the multi-tensor path.
+        torch.add(blended, momentum_buffer, alpha=momentum, out=momentum_buffer)
+        param.addcmul_(momentum_buffer, ratio.to(param.dtype), value=-lr)
         ratios.append(ratio.float().to(params[0].device))
     return torch.stack(ratios).mean()
-
-
-def _use_foreach(requested: bool | None, params: list[Tensor]) -> bool:
-    """Return whether the group steps in the batched multi-tensor path (plain tensors only)."""
-    return requested is not False and not has_dtensor(params)
 
 
 def _sharded_multi_tensor_dals(
@@ -593,8 +617,8 @@ def _sharded_multi_tensor_dals(
 
         param_norms, update_norms = full_tensor_norms([layouts[index] for index in indices], device_params, blended)
         ratios = trust_ratio(param_norms, update_norms, trust_coefficient, trust_clip)
-        torch._foreach_mul_(device_momenta, momentum)
-        torch._foreach_add_(device_momenta, blended)
-        torch._foreach_addcmul_(device_params, device_momenta, (ratios * -lr).unbind())
+        torch._foreach_add_(blended, device_momenta, alpha=momentum)
+        torch._foreach_copy_(device_momenta, blended)
+        torch._foreach_addcmul_(device_params, device_momenta, ratios.unbind(), value=-lr)
         all_ratios.append(ratios.float().to(params[0].device))
     return torch.cat(all_ratios).mean()
