@@ -172,7 +172,18 @@ def _groups_for(model, options: argparse.Namespace) -> list[dict]:
 
 
 def _load_model_or_report(options: argparse.Namespace, command: str):
-    """Return the model of ``options``, or ``None`` after printing why it could not be loaded."""
+    """Return the model of ``options``, or ``None`` after printing why it could not be loaded.
+
+    Without ``options.model`` the packaged all-MiniLM-L6-v2 is loaded.
+    """
+    if options.model is None:
+        from .finetune import packaged_model_path
+
+        try:
+            options.model = packaged_model_path()
+        except RuntimeError as error:
+            print(f"hf-dals {command}: error: {error}", file=sys.stderr)
+            return None
     try:
         return _load_model(options)
     except OSError as error:
@@ -242,14 +253,6 @@ def _command_plot_schedule(options: argparse.Namespace) -> int:
     from .plots import plot_schedules
     from .strategies import get_strategy
 
-    if options.model is None:
-        from .finetune import packaged_model_path
-
-        try:
-            options.model = packaged_model_path()
-        except RuntimeError as error:
-            print(f"hf-dals plot-schedule: error: {error}", file=sys.stderr)
-            return 1
     model = _load_model_or_report(options, "plot-schedule")
     if model is None:
         return 1
@@ -477,7 +480,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "groups",
         help="Print the depth-aware parameter groups of a model, to check the split before training.",
     )
-    groups.add_argument("model", metavar="MODEL_PATH_OR_NAME", help="A folder written by save_pretrained, or a Hub name.")
+    groups.add_argument(
+        "model",
+        nargs="?",
+        metavar="MODEL_PATH_OR_NAME",
+        help="A folder written by save_pretrained, or a Hub name (default: the packaged all-MiniLM-L6-v2).",
+    )
     _add_model_loading_arguments(groups)
     groups.add_argument(
         "--lr_strategy",

