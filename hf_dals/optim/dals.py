@@ -339,33 +339,41 @@ class DALS(Optimizer):
         phase = self._global_state()["phase"]
         self._trust_ratio_means = {}
         self._trust_ratio_vector = None
-        batch: list[tuple[int, list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[dict]]] = []
+        # The tensors of every group that takes the batched multi-tensor path, flattened.
+        owners: list[int] = []
+        flat_params: list[Tensor] = []
+        flat_grads: list[Tensor] = []
+        flat_states: list[dict] = []
         dtensor_type = dtensor_class()
         for group_index, group in enumerate(self.param_groups):
-            params, grads, momentum_buffers, slow_grads, states = [], [], [], [], []
+            params, grads, states = [], [], []
             sharded = False
             for param in group["params"]:
-                if param.grad is None:
+                grad = param.grad
+                if grad is None:
                     continue
                 sharded = sharded or isinstance(param, dtensor_type)
-                if param.grad.is_sparse:
+                if grad.is_sparse:
                     raise RuntimeError("DALS does not support sparse gradients")
                 state = self.state[param]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["slow_grad"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 params.append(param)
-                grads.append(param.grad)
-                momentum_buffers.append(state["momentum_buffer"])
-                slow_grads.append(state["slow_grad"])
+                grads.append(grad)
                 states.append(state)
             if not params:
                 continue
             if group["foreach"] is not False and not sharded:
                 # The batched multi-tensor path takes plain tensors only.
-                batch.append((group_index, params, grads, momentum_buffers, slow_grads, states))
+                owners += [group_index] * len(params)
+                flat_params += params
+                flat_grads += grads
+                flat_states += states
                 continue
 
+            momentum_buffers = [state["momentum_buffer"] for state in states]
+            slow_grads = [state["slow_grad"] for state in states]
             device = params[0].device
             weights = self._weight_table(group, device)[phase.to(device)]
             if sharded and group["foreach"] is not False:
@@ -389,25 +397,23 @@ class DALS(Optimizer):
                 trust_coefficient=group["trust_coefficient"],
                 trust_clip=group["trust_clip"],
             )
-        if batch:
-            self._multi_tensor_step(batch, phase)
+        if flat_params:
+            self._multi_tensor_step(owners, flat_params, flat_grads, flat_states, phase)
         return loss
 
-    def _multi_tensor_step(self, batch: list[tuple], phase: Tensor) -> None:
-        """Update the tensors of all groups in ``batch`` together, one set of kernels per device and dtype.
+    def _multi_tensor_step(
+        self, owners: list[int], params: list[Tensor], grads: list[Tensor], states: list[dict], phase: Tensor
+    ) -> None:
+        """Update the tensors of several groups together, one set of kernels per device and dtype.
+
+        ``owners`` contains the group index of each tensor, and ``states`` its optimizer state.
 
         The learning rate, momentum and weight decay enter as Python scalars, one multi-tensor call
         per distinct value (the learning rate changes every step). The filter and blend weights,
         the trust coefficient and the clip bounds are per-tensor device tensors, built once and cached.
         """
-        owners, params, grads, momenta, slows, states = [], [], [], [], [], []
-        for group_index, group_params, group_grads, group_momenta, group_slows, group_states in batch:
-            owners += [group_index] * len(group_params)
-            params += group_params
-            grads += group_grads
-            momenta += group_momenta
-            slows += group_slows
-            states += group_states
+        momenta = [state["momentum_buffer"] for state in states]
+        slows = [state["slow_grad"] for state in states]
         groups = self.param_groups
 
         buckets = Optimizer._group_tensors_by_device_and_dtype([params, grads, momenta, slows], with_indices=True)
