@@ -259,7 +259,8 @@ class RunRecorder(TrainerCallback):
         total = len(self.lr_steps)
         if total == 0:
             return {"steps": [], "depths": {}}
-        keep = sorted({round(i * (total - 1) / max(points - 1, 1)) for i in range(min(points, total))})
+        samples = min(points, total)
+        keep = sorted({round(i * (total - 1) / max(samples - 1, 1)) for i in range(samples)})
         return {
             "steps": [self.lr_steps[i] for i in keep],
             "depths": {name: [series[i] for i in keep] for name, series in self.lr_by_depth.items()},

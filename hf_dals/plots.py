@@ -120,7 +120,9 @@ def plot_lr_heatmaps(
     """Depth x step heatmaps of the learning rate, one run per family (``families``: title -> strategy).
 
     The run of each strategy is taken from ``task`` (default: the first fine-tuning task with
-    records, else any task), seed order first. Returns ``None`` when no run has a trace.
+    records, else any task), seed order first. Only traces that reach the run's last optimizer
+    step count: results files written before a sampling fix hold short runs whose trace stops
+    after the first few steps. Returns ``None`` when no run has a complete trace.
     """
     chosen = []
     for title, strategy in families.items():
@@ -129,7 +131,7 @@ def plot_lr_heatmaps(
             for r in records
             if r.get("status") == "ok"
             and r["strategy"] == strategy
-            and r.get("lr_trace", {}).get("steps")
+            and _trace_is_complete(r)
             and (profile is None or r.get("profile") == profile)
             and (task is None or r["task"] == task)
         ]
@@ -146,6 +148,14 @@ def plot_lr_heatmaps(
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def _trace_is_complete(record: Mapping) -> bool:
+    steps = record.get("lr_trace", {}).get("steps")
+    if not steps:
+        return False
+    total = record.get("optimizer_steps")
+    return total is None or steps[-1] >= total - 1
 
 
 def draw_lr_heatmap(axis, trace: Mapping, *, title: str, decades: float | None = None) -> None:

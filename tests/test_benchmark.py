@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from hf_dals.benchmark import PROFILES, append_record, load_records, plan_grid, summarize_epochs
+from hf_dals.benchmark import PROFILES, RunRecorder, append_record, load_records, plan_grid, summarize_epochs
 from hf_dals.report import average_ranks, mean_and_std, summarize, write_report
 
 
@@ -144,3 +144,26 @@ def test_resume_after_kill_loses_nothing(tmp_path):
     assert records[: len(first)] == first
     assert all(r["status"] == "ok" for r in records)
     assert {json.dumps(r["epochs"]) != "[]" for r in records} == {True}
+
+
+@pytest.mark.parametrize(("steps", "points", "expected_count"), [(12, 200, 12), (1000, 200, 200), (1, 200, 1)])
+def test_lr_trace_spans_whole_run(steps, points, expected_count):
+    recorder = RunRecorder()
+    recorder.lr_steps = list(range(steps))
+    recorder.lr_by_depth = {"head": [0.1 * step for step in range(steps)]}
+    trace = recorder.lr_trace(points)
+    assert len(trace["steps"]) == expected_count
+    assert trace["steps"][0] == 0
+    assert trace["steps"][-1] == steps - 1
+    assert trace["depths"]["head"] == [0.1 * step for step in trace["steps"]]
+
+
+def test_lr_heatmaps_skip_incomplete_traces(tmp_path):
+    from hf_dals.plots import plot_lr_heatmaps
+
+    cut = {"status": "ok", "strategy": "dals", "task": "trec", "seed": 1, "optimizer_steps": 50,
+           "lr_trace": {"steps": [0, 1], "depths": {"head": [0.1, 0.2]}}}  # fmt: skip
+    assert plot_lr_heatmaps([cut], tmp_path / "cut.png", families={"DALS": "dals"}) is None
+    whole = {**cut, "optimizer_steps": 2}
+    path = plot_lr_heatmaps([cut, whole], tmp_path / "whole.png", families={"DALS": "dals"})
+    assert path is not None and path.stat().st_size > 0
