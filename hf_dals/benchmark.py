@@ -258,12 +258,14 @@ class RunRecorder(TrainerCallback):
         """Return at most ``points`` evenly spaced samples of the per-depth learning rates."""
         total = len(self.lr_steps)
         if total == 0:
-            return {"steps": [], "depths": {}}
+            return {"steps": [], "depths": {}, "order": []}
         samples = min(points, total)
         keep = sorted({round(i * (total - 1) / max(samples - 1, 1)) for i in range(samples)})
         return {
             "steps": [self.lr_steps[i] for i in keep],
             "depths": {name: [series[i] for i in keep] for name, series in self.lr_by_depth.items()},
+            # Bottom to top, in the order of the optimizer's groups. The results file sorts the keys above.
+            "order": list(self.lr_by_depth),
         }
 
 

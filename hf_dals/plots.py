@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "depth_rows",
     "draw_lr_heatmap",
     "plot_accuracy_bars",
     "plot_lr_heatmaps",
@@ -158,6 +160,36 @@ def _trace_is_complete(record: Mapping) -> bool:
     return total is None or steps[-1] >= total - 1
 
 
+def depth_rows(trace: Mapping) -> list[str]:
+    """Return the depth names of an LR trace from the bottom of the model to the top.
+
+    A trace records its depth order under ``"order"``. Older traces lost it (their results
+    file sorts keys alphabetically), so their rows are put back in order by name: embeddings
+    first, numbered layers in numeric order, the head and classifier last.
+    """
+    names = list(trace["depths"])
+    order = trace.get("order")
+    if order is not None and sorted(order) == sorted(names):
+        return list(order)
+
+    def rank(name: str) -> int:
+        if name == "embeddings":
+            return 0
+        return 2 if name == "head" or name.startswith("classifier") else 1
+
+    def layer_index(name: str) -> int:
+        match = _LAYER_NAME.fullmatch(name)
+        return int(match[1]) if match else -1
+
+    middle = [name for name in names if rank(name) == 1]
+    if all(layer_index(name) >= 0 for name in middle):
+        middle.sort(key=layer_index)
+    return [name for name in names if rank(name) == 0] + middle + [name for name in names if rank(name) == 2]
+
+
+_LAYER_NAME = re.compile(r"layer_(\d+)")
+
+
 def draw_lr_heatmap(axis, trace: Mapping, *, title: str, decades: float | None = None) -> None:
     """Draw one depth x step heatmap of ``trace`` (``{"steps": [...], "depths": {name: [...]}}``).
 
@@ -166,7 +198,7 @@ def draw_lr_heatmap(axis, trace: Mapping, *, title: str, decades: float | None =
     squeeze the rest into one colour. Lower rates, and 0, get the lowest colour.
     """
     plt = _pyplot()
-    names = list(trace["depths"])
+    names = depth_rows(trace)
     values = np.array([trace["depths"][name] for name in names], dtype=float)
     positive = values[values > 0]
     floor = positive.min() / 10 if positive.size else 1e-12

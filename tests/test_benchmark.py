@@ -167,3 +167,28 @@ def test_lr_heatmaps_skip_incomplete_traces(tmp_path):
     whole = {**cut, "optimizer_steps": 2}
     path = plot_lr_heatmaps([cut, whole], tmp_path / "whole.png", families={"DALS": "dals"})
     assert path is not None and path.stat().st_size > 0
+
+
+def test_lr_trace_keeps_depth_order():
+    from hf_dals.plots import depth_rows
+
+    recorder = RunRecorder()
+    recorder.lr_steps = [0, 1]
+    recorder.lr_by_depth = {"embeddings": [0.1, 0.1], "layer_0": [0.2, 0.2], "layer_1": [0.3, 0.3], "head": [0.4, 0.4]}
+    stored = json.loads(json.dumps({"lr_trace": recorder.lr_trace()}, sort_keys=True))["lr_trace"]
+    assert list(stored["depths"]) == ["embeddings", "head", "layer_0", "layer_1"]
+    assert depth_rows(stored) == ["embeddings", "layer_0", "layer_1", "head"]
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (["embeddings", "head", "layer_0", "layer_10", "layer_2"], ["embeddings", "layer_0", "layer_2", "layer_10", "head"]),
+        (["classifier.0", "classifier.2", "features.0", "features.3"], ["features.0", "features.3", "classifier.0", "classifier.2"]),
+        (["decay", "no_decay"], ["decay", "no_decay"]),
+    ],
+)
+def test_depth_rows_of_traces_without_order(names, expected):
+    from hf_dals.plots import depth_rows
+
+    assert depth_rows({"steps": [0], "depths": {name: [0.1] for name in names}}) == expected

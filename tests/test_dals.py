@@ -10,7 +10,7 @@ import torch
 
 from hf_dals import DALS
 from hf_dals.optim import DALS_VARIANTS, dals_phase_weights
-from hf_dals.optim._functional import phase_from_improvement, trust_ratio
+from hf_dals.optim._functional import norm_plan, phase_from_improvement, tensor_norms, trust_ratio
 
 
 def make(theta, *, depth_ratio=None, **kwargs):
@@ -421,3 +421,51 @@ def test_foreach_and_per_tensor_paths_agree():
                     optimizer.step()
             for a, b in zip(model.parameters(), twin.parameters()):
                 assert ((a - b).norm() / a.norm()).item() <= 1e-6, (variant, phase)
+
+
+def test_planned_norms_match_per_tensor_norms():
+    torch.manual_seed(0)
+    tensors = [
+        torch.randn(32, 32),
+        torch.randn(70, 70),  # above the stacking limit: taken by torch._foreach_norm
+        torch.randn(32, 32) * 3,
+        torch.randn(()),
+        torch.randn(5),
+        torch.randn(64, 64).t()[:32, :32],  # not contiguous, stacked with the other 32 x 32 tensors
+        torch.randn(()) * 2,
+        torch.zeros(5),
+        torch.randn(7),
+    ]
+    plan = norm_plan([t.shape for t in tensors], torch.device("cpu"))
+    assert sorted(len(positions) for positions in plan.stacked) == [2, 2, 3]
+    assert plan.rest == (1, 8)
+    expected = torch.stack([torch.linalg.vector_norm(t) for t in tensors])
+    torch.testing.assert_close(tensor_norms(tensors, plan), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(tensor_norms(tensors), expected, rtol=1e-6, atol=0)
+
+
+def test_norm_plan_keeps_order_without_stacks():
+    plan = norm_plan([torch.Size([100, 100]), torch.Size([3]), torch.Size([4])], torch.device("cpu"))
+    assert plan.stacked == () and plan.rest == (0, 1, 2) and plan.order is None
+
+
+def test_tables_follow_tensors_with_gradients():
+    """The cached per-bucket tables must not be reused when another set of tensors steps."""
+    torch.manual_seed(0)
+    shapes = [(6, 6), (6, 6), (6,), (6,)]
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    optimizers = [
+        DALS([{"params": ps, "depth_ratio": 0.5}], lr=0.05, weight_decay=1e-3, foreach=foreach)
+        for ps, foreach in ((params, False), (twins, True))
+    ]
+    for step in range(6):
+        # Three tensors step each time: the owner list stays the same, the shapes at each position change.
+        with_grad = [[0, 1, 2, 3], [0, 1, 2], [1, 2, 3]][step % 3]
+        grads = {i: torch.randn(shapes[i]) for i in with_grad}
+        for ps, optimizer in zip((params, twins), optimizers):
+            for i, p in enumerate(ps):
+                p.grad = grads[i].clone() if i in grads else None
+            optimizer.step()
+    for a, b in zip(params, twins):
+        assert ((a - b).norm() / a.norm()).item() <= 1e-6

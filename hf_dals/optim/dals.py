@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._distributed import dtensor_class, full_tensor_norms, local_tensors
-from ._functional import phase_from_improvement, trust_ratio
+from ._functional import NormPlan, norm_plan, phase_from_improvement, tensor_norms, trust_ratio
 
 __all__ = ["DALS", "DALSVariant", "DALS_VARIANTS", "dals_phase_weights"]
 
@@ -422,7 +422,7 @@ class DALS(Optimizer):
         positions = {group_index: position for position, group_index in enumerate(sorted(set(owners)))}
         for (device, dtype), ((bucket_params, bucket_grads, bucket_momenta, bucket_slows), indices) in buckets.items():
             bucket_owners = [owners[i] for i in indices]
-            tables = self._bucket_tables(bucket_owners, positions, device, dtype)
+            tables = self._bucket_tables(bucket_owners, bucket_params, positions, device, dtype)
             # Refresh the per-tensor weights in place: the cached views then hold this phase's values.
             tables.weights.copy_(tables.by_phase[:, phase.to(device)])
             torch._foreach_lerp_(bucket_slows, bucket_grads, tables.filter_views)
@@ -430,8 +430,8 @@ class DALS(Optimizer):
             _add_weight_decay(blended, bucket_params, [groups[g]["weight_decay"] for g in bucket_owners])
 
             ratios = trust_ratio(
-                torch.stack(torch._foreach_norm(bucket_params)),
-                torch.stack(torch._foreach_norm(blended)),
+                tensor_norms(bucket_params, tables.norms),
+                tensor_norms(blended, tables.norms),
                 tables.coefficients,
                 (tables.clip_low, tables.clip_high),
             )
@@ -454,17 +454,22 @@ class DALS(Optimizer):
             counts = tables.counts.to(first_device) if counts is None else counts + tables.counts.to(first_device)
         self._trust_ratio_vector = (sums / counts.clamp_min(1), positions)
 
-    def _bucket_tables(self, owners: list[int], positions: dict[int, int], device, dtype) -> _BucketTables:
+    def _bucket_tables(
+        self, owners: list[int], params: list[Tensor], positions: dict[int, int], device, dtype
+    ) -> _BucketTables:
         """Return the cached per-tensor tables of one device/dtype bucket, building them when needed."""
         groups = self.param_groups
         settings = tuple(
             (g, groups[g]["grokfast_alpha"], groups[g]["depth_ratio"], groups[g]["trust_coefficient"], groups[g]["trust_clip"])
             for g in dict.fromkeys(owners)
         )
-        key = (device, dtype, tuple(owners), settings)
+        # The parameters themselves (not only their groups) are part of the key: which tensors of a
+        # group have gradients may change between steps, and with them the shapes the norms stack.
+        key = (device, dtype, tuple(owners), tuple(map(id, params)), settings)
         cached = self._batch_cache.get(key)
         if cached is None:
-            cached = _BucketTables.build(self.variant, groups, owners, positions, device, dtype)
+            shapes = tuple(param.shape for param in params)
+            cached = _BucketTables.build(self.variant, groups, owners, shapes, positions, device, dtype)
             if len(self._batch_cache) > 8:
                 self._batch_cache.clear()
             self._batch_cache[key] = cached
@@ -479,7 +484,8 @@ class _BucketTables:
     raw-gradient weight. ``weights`` receives the current phase's rows each step; ``filter_views``
     and ``raw_views`` are one-element views into it, so the multi-tensor kernels read per-tensor
     weights without a list being rebuilt. ``ratios`` and ``ratio_views`` do the same for the trust
-    ratios. Without clipping the bounds are 0 and infinity.
+    ratios. Without clipping the bounds are 0 and infinity. ``norms`` plans the per-tensor norms
+    (small tensors of one shape are stacked and reduced together).
     """
 
     by_phase: Tensor
@@ -493,9 +499,19 @@ class _BucketTables:
     ratio_views: list[Tensor]
     owner_positions: Tensor
     counts: Tensor
+    norms: NormPlan
 
     @classmethod
-    def build(cls, variant: DALSVariant, groups: list[dict], owners: list[int], positions: dict[int, int], device, dtype):
+    def build(
+        cls,
+        variant: DALSVariant,
+        groups: list[dict],
+        owners: list[int],
+        shapes: tuple[torch.Size, ...],
+        positions: dict[int, int],
+        device,
+        dtype,
+    ):
         table_dtype = torch.float32 if device.type == "mps" else torch.float64
         rows = {
             g: dals_phase_weights(variant, groups[g]["grokfast_alpha"], groups[g]["depth_ratio"]) for g in dict.fromkeys(owners)
@@ -521,6 +537,7 @@ class _BucketTables:
             ratio_views=[ratios[i] for i in range(len(owners))],
             owner_positions=owner_positions,
             counts=counts,
+            norms=norm_plan(list(shapes), device),
         )
 
 
