@@ -83,7 +83,8 @@ def run_demo(
             learning_rate=run.learning_rate,
             num_train_epochs=num_train_epochs,
             seed=seed,
-            logging_steps=20,
+            # Often enough that `hf-dals plot-run` shows the warmup of each schedule.
+            logging_steps=5,
             dataloader_pin_memory=torch.cuda.is_available(),
         )
         logger.info("training %s (peak lr %g) ...", run.lr_strategy, run.learning_rate)
