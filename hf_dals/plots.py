@@ -160,6 +160,9 @@ def _trace_is_complete(record: Mapping) -> bool:
     return total is None or steps[-1] >= total - 1
 
 
+_LAYER_NAME = re.compile(r"layer_(\d+)")
+
+
 def depth_rows(trace: Mapping) -> list[str]:
     """Return the depth names of an LR trace from the bottom of the model to the top.
 
@@ -172,22 +175,25 @@ def depth_rows(trace: Mapping) -> list[str]:
     if order is not None and sorted(order) == sorted(names):
         return list(order)
 
-    def rank(name: str) -> int:
+    def section(name: str) -> int:
+        # 0 below the layers, 1 for the layers, 2 above them.
         if name == "embeddings":
             return 0
-        return 2 if name == "head" or name.startswith("classifier") else 1
+        if name == "head" or name.startswith("classifier"):
+            return 2
+        return 1
 
     def layer_index(name: str) -> int:
         match = _LAYER_NAME.fullmatch(name)
         return int(match[1]) if match else -1
 
-    middle = [name for name in names if rank(name) == 1]
+    bottom = [name for name in names if section(name) == 0]
+    middle = [name for name in names if section(name) == 1]
+    top = [name for name in names if section(name) == 2]
     if all(layer_index(name) >= 0 for name in middle):
         middle.sort(key=layer_index)
-    return [name for name in names if rank(name) == 0] + middle + [name for name in names if rank(name) == 2]
+    return bottom + middle + top
 
-
-_LAYER_NAME = re.compile(r"layer_(\d+)")
 
 
 def draw_lr_heatmap(axis, trace: Mapping, *, title: str, decades: float | None = None) -> None:

@@ -446,7 +446,9 @@ def test_planned_norms_match_per_tensor_norms():
 
 def test_norm_plan_keeps_order_without_stacks():
     plan = norm_plan([torch.Size([100, 100]), torch.Size([3]), torch.Size([4])], torch.device("cpu"))
-    assert plan.stacked == () and plan.rest == (0, 1, 2) and plan.order is None
+    assert plan.stacked == ()
+    assert plan.rest == (0, 1, 2)
+    assert plan.order is None
 
 
 def test_tables_follow_tensors_with_gradients():

@@ -91,8 +91,8 @@ def norm_plan(shapes: list[torch.Size], device: torch.device, max_numel: int = S
         if math.prod(shape) <= max_numel:
             by_shape.setdefault(shape, []).append(position)
     stacked = tuple(tuple(positions) for positions in by_shape.values() if len(positions) > 1)
-    in_stacks = {position for positions in stacked for position in positions}
-    rest = tuple(position for position in range(len(shapes)) if position not in in_stacks)
+    stacked_positions = {position for positions in stacked for position in positions}
+    rest = tuple(position for position in range(len(shapes)) if position not in stacked_positions)
     if not stacked:
         return NormPlan(stacked=(), rest=rest, order=None)
     computed = [position for positions in stacked for position in positions] + list(rest)

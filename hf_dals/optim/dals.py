@@ -463,8 +463,8 @@ class DALS(Optimizer):
             (g, groups[g]["grokfast_alpha"], groups[g]["depth_ratio"], groups[g]["trust_coefficient"], groups[g]["trust_clip"])
             for g in dict.fromkeys(owners)
         )
-        # The parameters themselves (not only their groups) are part of the key: which tensors of a
-        # group have gradients may change between steps, and with them the shapes the norms stack.
+        # The key includes the parameters themselves, because the tensors of a group that have
+        # gradients can change between steps, and the norm plan depends on their shapes.
         key = (device, dtype, tuple(owners), tuple(map(id, params)), settings)
         cached = self._batch_cache.get(key)
         if cached is None:
